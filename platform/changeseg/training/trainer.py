@@ -1,0 +1,184 @@
+"""The TorchTrainer assembly: config in, tracked and registered model out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from changeseg import storage
+from changeseg.config import Config
+from changeseg.data.pipeline import count_change_pixels, pair_dataset, plan_datasets, records_to_rows
+from changeseg.training.losses import class_weights_from_counts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneResult:
+    """What a fine-tuning run produced, for callers and the job summary."""
+
+    run_name: str
+    mlflow_run_id: str
+    tracking_uri: str
+    checkpoint_path: str
+    final_metrics: dict[str, float]
+    start_epoch: int
+    epochs: int
+    train_pairs: int
+    val_pairs: int
+    data_source: str
+    class_weights: list[float] | None
+    seconds: float
+    registered: dict[str, Any] = field(default_factory=dict)
+
+
+def init_ray(cfg: Config) -> None:
+    """Attach to ``ray.address`` / ``$RAY_ADDRESS``, else start a local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"log_to_driver": True}
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        kwargs["address"] = address
+    elif cfg.ray.num_cpus:
+        kwargs["num_cpus"] = cfg.ray.num_cpus
+    ray.init(**kwargs)
+
+
+def check_feasible(cfg: Config, *, train_pairs: int) -> int:
+    """Steps per epoch; an error when the data cannot fill one batch per worker."""
+    per_worker = train_pairs // cfg.train.num_workers
+    steps = per_worker // cfg.train.batch_size
+    if steps == 0:
+        raise ValueError(
+            f"{train_pairs} training pair(s) over {cfg.train.num_workers} worker(s) cannot fill one "
+            f"batch of {cfg.train.batch_size} per worker: lower train.batch_size or train.num_workers, "
+            "or add data"
+        )
+    return steps
+
+
+def resolve_class_weights(cfg: Config, plan) -> list[float] | None:
+    spec = cfg.train.class_weights
+    if spec == "none":
+        return None
+    if isinstance(spec, list):
+        if len(spec) != cfg.model.num_classes:
+            raise ValueError(
+                f"train.class_weights has {len(spec)} values but model.num_classes is {cfg.model.num_classes}"
+            )
+        return [float(w) for w in spec]
+    if cfg.model.num_classes != 2:
+        # The paper leaves multi-class (ChangeSim) training unweighted.
+        return None
+    changed, unchanged = count_change_pixels(plan.train, cfg)
+    return class_weights_from_counts(changed=changed, unchanged=unchanged).tolist()
+
+
+def finetune(cfg: Config) -> FinetuneResult:
+    """Fine-tune with Ray Train, track in MLflow and register the result.
+
+    Re-running with the same ``run.name`` and ``run.storage_path`` resumes from the
+    last checkpoint and continues the same MLflow run.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from changeseg import tracking
+    from changeseg.training.loop import train_loop_per_worker
+
+    started = time.perf_counter()
+    plan = plan_datasets(cfg)
+    steps_per_epoch = check_feasible(cfg, train_pairs=len(plan.train))
+    init_ray(cfg)
+    weights = resolve_class_weights(cfg, plan)
+    log.info("data: %d train / %d val pairs from %s; class weights %s", len(plan.train), len(plan.val), plan.source, weights)
+
+    run = tracking.start_or_resume_run(cfg)
+    tracking.log_run_inputs(cfg, run_id=run.run_id, train_pairs=len(plan.train), val_pairs=len(plan.val), class_weights=weights)
+
+    storage_path, storage_fs = storage.ray_storage(cfg.run.storage_path, cfg.storage)
+    train_ds = pair_dataset(plan.train, cfg, augment=True).select_columns(["t0", "t1", "mask"])
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "class_weights": weights,
+            "val_rows": records_to_rows(plan.val),
+            "steps_per_epoch": steps_per_epoch,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            callbacks=[tracking.MLflowEpochLogger(tracking_uri=cfg.resolved_tracking_uri(), run_id=run.run_id)],
+        ),
+        datasets={"train": train_ds},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    try:
+        result = trainer.fit()
+    except BaseException:
+        tracking.end_run(run.run_id, cfg.resolved_tracking_uri(), status="FAILED")
+        raise
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {cfg.run.name} ended without a checkpoint")
+    metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local_ckpt = Path(tmp) / "checkpoint"
+        result.checkpoint.to_directory(str(local_ckpt))
+        from changeseg.models.weights import read_metadata
+
+        meta = read_metadata(local_ckpt).get("metadata", {})
+        last_epoch = int(meta.get("epoch", cfg.train.epochs - 1))
+        first_epoch = int(metrics.get("start_epoch", 0))
+        if not metrics:
+            metrics = {k: float(v) for k, v in meta.get("metrics", {}).items()}
+        tracking.log_overlays(cfg, run_id=run.run_id, checkpoint_dir=local_ckpt, records=plan.val)
+        registered: dict[str, Any] = {}
+        if cfg.tracking.register:
+            registered = tracking.log_and_register_model(
+                cfg, run_id=run.run_id, checkpoint_dir=local_ckpt, metrics=metrics
+            )
+        tracking.end_run(run.run_id, cfg.resolved_tracking_uri())
+    checkpoint_path = result.checkpoint.path
+    if storage.is_remote(cfg.run.storage_path):
+        checkpoint_path = "s3://" + checkpoint_path.lstrip("/")
+    return FinetuneResult(
+        run_name=cfg.run.name,
+        mlflow_run_id=run.run_id,
+        tracking_uri=cfg.resolved_tracking_uri(),
+        checkpoint_path=checkpoint_path,
+        final_metrics=metrics,
+        start_epoch=first_epoch,
+        epochs=last_epoch + 1,
+        train_pairs=len(plan.train),
+        val_pairs=len(plan.val),
+        data_source=plan.source,
+        class_weights=weights,
+        seconds=time.perf_counter() - started,
+        registered=registered,
+    )
+
+
+def clear_run(cfg: Config) -> None:
+    """Delete a local run's checkpoints so the next run with that name starts fresh."""
+    path = Path(storage.ray_storage(cfg.run.storage_path, cfg.storage)[0]) / cfg.run.name
+    if not storage.is_remote(cfg.run.storage_path) and path.exists():
+        shutil.rmtree(path)
