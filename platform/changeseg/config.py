@@ -113,7 +113,7 @@ class TrackingSection(_Section):
     alias: str = "champion"
     # The validation metric that decides whether a new version takes the alias.
     champion_metric: str = "val_global_f1"
-    register: bool = True
+    register_model: bool = True
 
 
 class StorageSection(_Section):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from changeseg import storage
 from changeseg.config import StorageSection
@@ -48,6 +48,9 @@ def scan_folder(
     required) is an error naming the ids, because silently training on fewer pairs
     than the user has is worse than stopping.
     """
+    if not storage.is_remote(uri):
+        # Absolute, because Ray workers read these paths from their own working folders.
+        uri = str(Path(uri.removeprefix("file://")).expanduser().resolve())
     if not storage.is_dir(uri, storage_options):
         raise FileNotFoundError(f"dataset folder not found: {uri}")
     folders = {}

@@ -152,7 +152,7 @@ def finetune(cfg: Config) -> FinetuneResult:
             metrics = {k: float(v) for k, v in meta.get("metrics", {}).items()}
         tracking.log_overlays(cfg, run_id=run.run_id, checkpoint_dir=local_ckpt, records=plan.val)
         registered: dict[str, Any] = {}
-        if cfg.tracking.register:
+        if cfg.tracking.register_model:
             registered = tracking.log_and_register_model(
                 cfg, run_id=run.run_id, checkpoint_dir=local_ckpt, metrics=metrics
             )
