@@ -20,7 +20,7 @@ TEST_SEED_OFFSET = 7_000_001
 
 def run_demo(*, config_path: str | None, overrides: list[str], output: str | Path, test_pairs: int = 32, overlays: int = 6) -> dict:
     """Run the demo and return its summary (also written to ``output/summary.json``)."""
-    from changeseg.data.synthetic import make_pair
+    from changeseg.data.synthetic import make_pair, pair_seed
     from changeseg.inference import Predictor
     from changeseg.metrics import ChangeMetrics
     from changeseg.training.trainer import finetune
@@ -41,7 +41,7 @@ def run_demo(*, config_path: str | None, overrides: list[str], output: str | Pat
     syn = cfg.data.synthetic
     overlay_paths = []
     for i in range(test_pairs):
-        pair = make_pair(seed=syn.seed + TEST_SEED_OFFSET + i, size=syn.size)
+        pair = make_pair(seed=pair_seed(syn.seed + TEST_SEED_OFFSET, i), size=syn.size)
         pred = predictor.predict(pair.t0, pair.t1)[0]
         metrics.update(torch.from_numpy(pred)[None].long(), torch.from_numpy(pair.mask)[None].long())
         if i < overlays:

@@ -31,19 +31,31 @@ def client_for(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def _experiment_id(client: MlflowClient, name: str) -> str:
+def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Beside a SQLite store, not relative to whichever working folder creates the experiment.
+
+    MLflow's default (``./mlartifacts``) would put artifacts of a job submitted with
+    ``--working-dir`` into that job's temporary copy of the project.
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri[len("sqlite:///") :]).resolve().parent / "mlartifacts" / experiment).as_uri()
+    return None
+
+
+def _experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
-    return client.create_experiment(name)
+    return client.create_experiment(name, artifact_location=default_artifact_location(tracking_uri, name))
 
 
 def start_or_resume_run(cfg: Config):
     """The MLflow run of ``cfg.run.name``: the existing one (resume) or a new one."""
-    client = client_for(cfg.resolved_tracking_uri())
-    experiment_id = _experiment_id(client, cfg.tracking.experiment)
+    tracking_uri = cfg.resolved_tracking_uri()
+    client = client_for(tracking_uri)
+    experiment_id = _experiment_id(client, cfg.tracking.experiment, tracking_uri)
     found = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{RUN_NAME_TAG}` = '{cfg.run.name}'",

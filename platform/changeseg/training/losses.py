@@ -1,0 +1,93 @@
+"""Loss for binary / multi-class change segmentation, with C-3PO's class weighting.
+
+The paper weights cross entropy by the *opposite* class frequency over the training
+masks: weight[no change] = fraction of changed pixels, weight[change] = fraction of
+unchanged pixels, so the rare change class is not drowned out. (ChangeSim's multi-class
+runs use no weights and ignore index 255.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["ChangeLoss", "class_weights_from_counts", "class_weights_from_masks", "count_mask_pixels"]
+
+
+def class_weights_from_counts(*, changed: int, unchanged: int) -> Tensor:
+    """float32 ``[changed / total, unchanged / total]`` (index 0 = no change, 1 = change)."""
+    if changed < 0 or unchanged < 0:
+        raise ValueError(f"pixel counts must be non-negative, got changed={changed}, unchanged={unchanged}")
+    if changed == 0 and unchanged == 0:
+        raise ValueError("no labelled pixels: cannot derive class weights from empty masks")
+    if changed == 0:
+        raise ValueError(
+            "the training masks contain no change pixels (value 1); the paper's weighting would give "
+            "the no-change class weight 0. Check the mask encoding (e.g. 0/255 masks must be "
+            "converted to 0/1) or pass explicit weights."
+        )
+    if unchanged == 0:
+        # Symmetric failure: the change class would get weight 0 and the loss would be 0/0.
+        raise ValueError("the training masks contain no unchanged pixels; the change class would get weight 0")
+    total = changed + unchanged
+    return torch.tensor([changed / total, unchanged / total], dtype=torch.float32)
+
+
+def count_mask_pixels(masks: Iterable[np.ndarray | Tensor], *, ignore_index: int = 255) -> tuple[int, int]:
+    """Return ``(changed, unchanged)`` pixel counts over binary masks (1 = change, 0 = none).
+
+    Pixels equal to ``ignore_index`` are skipped; any other value raises, because a mask in
+    another encoding (0/255, boolean-as-float) would otherwise be counted wrongly.
+    """
+    changed = unchanged = 0
+    for mask in masks:
+        m = mask.detach().cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
+        ones = int(np.count_nonzero(m == 1))
+        zeros = int(np.count_nonzero(m == 0))
+        ignored = int(np.count_nonzero(m == ignore_index))
+        if ones + zeros + ignored != m.size:
+            bad = np.setdiff1d(np.unique(m), [0, 1, ignore_index])
+            raise ValueError(f"mask values must be 0, 1 or ignore_index={ignore_index}; found {bad[:5].tolist()}")
+        changed += ones
+        unchanged += zeros
+    return changed, unchanged
+
+
+def class_weights_from_masks(masks: Iterable[np.ndarray | Tensor], *, ignore_index: int = 255) -> Tensor:
+    """Paper class weights computed from an iterable of binary training masks."""
+    changed, unchanged = count_mask_pixels(masks, ignore_index=ignore_index)
+    return class_weights_from_counts(changed=changed, unchanged=unchanged)
+
+
+class ChangeLoss(nn.Module):
+    """Cross entropy on (N, C, H, W) logits, optionally class-weighted, mean over valid pixels.
+
+    The mean is weighted: ``sum(w[y_i] * nll_i) / sum(w[y_i])`` over pixels whose target is
+    not ``ignore_index`` (torch's definition). A batch whose pixels are all ignored gives NaN.
+    """
+
+    weight: Tensor | None
+
+    def __init__(self, *, weight: Tensor | None = None, ignore_index: int = 255) -> None:
+        super().__init__()
+        if weight is not None:
+            weight = torch.as_tensor(weight, dtype=torch.float32)
+            if weight.dim() != 1:
+                raise ValueError(f"weight must be 1-D (one value per class), got shape {tuple(weight.shape)}")
+        # A buffer, so .to(device) moves it and it is saved in state_dict with the model.
+        self.register_buffer("weight", weight)
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        weight = self.weight
+        if weight is not None and weight.dtype != logits.dtype:
+            weight = weight.to(logits.dtype)  # half/bfloat16 logits outside autocast
+        return F.cross_entropy(logits, target.long(), weight=weight, ignore_index=self.ignore_index)
+
+    def extra_repr(self) -> str:
+        w = None if self.weight is None else [round(v, 4) for v in self.weight.tolist()]
+        return f"weight={w}, ignore_index={self.ignore_index}"
