@@ -87,3 +87,13 @@ def test_weight_is_a_buffer() -> None:
     assert torch.equal(loss.state_dict()["weight"], torch.tensor([0.1, 0.9]))
     assert loss.to(torch.float64).weight.dtype == torch.float64  # follows module casts
     assert ChangeLoss().weight is None
+
+
+def test_square_root_weighting_softens_the_ratio():
+    # 10 changed / 90 unchanged: inverse frequencies 10 and 10/9; square roots 3.1623 and 1.0541.
+    w = class_weights_from_counts(changed=10, unchanged=90, power=0.5)
+    a, b = (100 / 90) ** 0.5, (100 / 10) ** 0.5
+    assert w.tolist() == pytest.approx([a / (a + b), b / (a + b)], rel=1e-6)
+    assert w[1] / w[0] == pytest.approx(3.0, rel=1e-6)  # sqrt(90 / 10), against 9 for the paper's weights
+    paper = class_weights_from_counts(changed=10, unchanged=90, power=1.0)
+    assert paper.tolist() == pytest.approx([0.1, 0.9])

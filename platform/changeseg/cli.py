@@ -55,7 +55,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="demo", description="Synthetic end-to-end demo: train, register, predict.")
     parser.add_argument("--config", default=None, help="YAML config (default: the built-in demo recipe)")
     parser.add_argument("--output", default="demo_output", help="folder for overlays and the summary")
-    parser.add_argument("--test-pairs", type=int, default=32, help="held-out synthetic pairs to predict")
+    parser.add_argument("--test-pairs", type=int, default=64, help="held-out synthetic pairs to predict")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     setup_logging()

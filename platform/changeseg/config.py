@@ -93,8 +93,9 @@ class TrainSection(_Section):
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_epochs: float = Field(0.0, ge=0)
-    # "auto": the paper's area-ratio weights from the training masks; "none": unweighted.
-    class_weights: Literal["auto", "none"] | list[float] = "auto"
+    # "auto": the paper's area-ratio weights from the training masks; "sqrt": the same
+    # with the square root of the ratio (fewer false alarms); "none": unweighted.
+    class_weights: Literal["auto", "sqrt", "none"] | list[float] = "auto"
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
@@ -125,7 +126,9 @@ class StorageSection(_Section):
 
 
 class RaySection(_Section):
-    """How to reach Ray: null address = attach to a running cluster or start one."""
+    """How to reach Ray: an address (``auto``, ``ray://...``, ``host:port``) or
+    ``$RAY_ADDRESS`` attaches to a cluster; otherwise a private local instance starts
+    with ``num_cpus`` logical CPUs (default: enough for the workers plus Ray Data)."""
 
     address: str | None = None
     num_cpus: int | None = Field(None, ge=1)

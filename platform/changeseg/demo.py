@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 TEST_SEED_OFFSET = 7_000_001
 
 
-def run_demo(*, config_path: str | None, overrides: list[str], output: str | Path, test_pairs: int = 32, overlays: int = 6) -> dict:
+def run_demo(*, config_path: str | None, overrides: list[str], output: str | Path, test_pairs: int = 64, overlays: int = 6) -> dict:
     """Run the demo and return its summary (also written to ``output/summary.json``)."""
     from changeseg.data.synthetic import make_pair, pair_seed
     from changeseg.inference import Predictor

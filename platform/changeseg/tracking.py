@@ -111,6 +111,12 @@ class MLflowEpochLogger(UserCallback):
             return
         values = metrics[0]
         step = int(values.get("epoch", 0))
+        # Progress for whoever watches the job's log.
+        log.warning(
+            "epoch %d: train_loss %.4f  val_loss %.4f  val_global_f1 %.3f  %.1f images/s",
+            step, values.get("train_loss", float("nan")), values.get("val_loss", float("nan")),
+            values.get("val_global_f1", float("nan")), values.get("train_images_per_s", float("nan")),
+        )
         now = int(time.time() * 1000)
         batch = [
             Metric(key, float(value), now, step)

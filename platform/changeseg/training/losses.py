@@ -18,8 +18,13 @@ from torch import Tensor, nn
 __all__ = ["ChangeLoss", "class_weights_from_counts", "class_weights_from_masks", "count_mask_pixels"]
 
 
-def class_weights_from_counts(*, changed: int, unchanged: int) -> Tensor:
-    """float32 ``[changed / total, unchanged / total]`` (index 0 = no change, 1 = change)."""
+def class_weights_from_counts(*, changed: int, unchanged: int, power: float = 1.0) -> Tensor:
+    """float32 ``[changed / total, unchanged / total]`` (index 0 = no change, 1 = change).
+
+    That is, each class weighted by its inverse frequency, normalised to sum 1.
+    ``power`` < 1 softens it: weight_k ∝ (1 / frequency_k) ** power, so ``power=0.5`` is the
+    square-root variant; ``power=1`` is the paper's weighting exactly.
+    """
     if changed < 0 or unchanged < 0:
         raise ValueError(f"pixel counts must be non-negative, got changed={changed}, unchanged={unchanged}")
     if changed == 0 and unchanged == 0:
@@ -34,7 +39,10 @@ def class_weights_from_counts(*, changed: int, unchanged: int) -> Tensor:
         # Symmetric failure: the change class would get weight 0 and the loss would be 0/0.
         raise ValueError("the training masks contain no unchanged pixels; the change class would get weight 0")
     total = changed + unchanged
-    return torch.tensor([changed / total, unchanged / total], dtype=torch.float32)
+    if power == 1.0:
+        return torch.tensor([changed / total, unchanged / total], dtype=torch.float32)
+    inverse = torch.tensor([total / unchanged, total / changed], dtype=torch.float64) ** power
+    return (inverse / inverse.sum()).float()
 
 
 def count_mask_pixels(masks: Iterable[np.ndarray | Tensor], *, ignore_index: int = 255) -> tuple[int, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -38,19 +39,31 @@ class FinetuneResult:
     registered: dict[str, Any] = field(default_factory=dict)
 
 
+def local_num_cpus(cfg: Config) -> int:
+    """Logical CPUs for a local Ray instance.
+
+    The train workers hold their CPUs for the whole run; Ray Data needs slots of its
+    own to read and augment, or its tasks wait forever behind the workers. So a small
+    machine is oversubscribed by two logical CPUs rather than deadlocked.
+    """
+    if cfg.ray.num_cpus:
+        return cfg.ray.num_cpus
+    workers = math.ceil(cfg.train.num_workers * cfg.train.cpus_per_worker)
+    return max(os.cpu_count() or 1, workers + 2)
+
+
 def init_ray(cfg: Config) -> None:
-    """Attach to ``ray.address`` / ``$RAY_ADDRESS``, else start a local instance."""
+    """Attach to ``ray.address`` / ``$RAY_ADDRESS`` (``auto`` finds a local ``ray start``),
+    else start a private local instance."""
     import ray
 
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = {"log_to_driver": True}
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        kwargs["address"] = address
-    elif cfg.ray.num_cpus:
-        kwargs["num_cpus"] = cfg.ray.num_cpus
-    ray.init(**kwargs)
+        ray.init(address=address)
+    else:
+        ray.init(address="local", num_cpus=local_num_cpus(cfg), include_dashboard=False)
 
 
 def check_feasible(cfg: Config, *, train_pairs: int) -> int:
@@ -80,7 +93,8 @@ def resolve_class_weights(cfg: Config, plan) -> list[float] | None:
         # The paper leaves multi-class (ChangeSim) training unweighted.
         return None
     changed, unchanged = count_change_pixels(plan.train, cfg)
-    return class_weights_from_counts(changed=changed, unchanged=unchanged).tolist()
+    power = 0.5 if spec == "sqrt" else 1.0
+    return class_weights_from_counts(changed=changed, unchanged=unchanged, power=power).tolist()
 
 
 def finetune(cfg: Config) -> FinetuneResult:
@@ -89,6 +103,7 @@ def finetune(cfg: Config) -> FinetuneResult:
     Re-running with the same ``run.name`` and ``run.storage_path`` resumes from the
     last checkpoint and continues the same MLflow run.
     """
+    import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -105,6 +120,9 @@ def finetune(cfg: Config) -> FinetuneResult:
     run = tracking.start_or_resume_run(cfg)
     tracking.log_run_inputs(cfg, run_id=run.run_id, train_pairs=len(plan.train), val_pairs=len(plan.val), class_weights=weights)
 
+    # Per-epoch lines from the tracking callback are the progress report; Ray Data's
+    # per-operator bars would repeat every second for every epoch.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     storage_path, storage_fs = storage.ray_storage(cfg.run.storage_path, cfg.storage)
     train_ds = pair_dataset(plan.train, cfg, augment=True).select_columns(["t0", "t1", "mask"])
     trainer = TorchTrainer(
