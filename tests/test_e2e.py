@@ -95,7 +95,7 @@ def test_ray_job_submit_trains_and_registers(ray_head, tmp_path):
         [str(BIN / "ray"), "job", "status", f"--address={ray_head['dashboard']}", submission_id],
         env=ray_head["env"], capture_output=True, text=True, timeout=120,
     )
-    assert "SUCCEEDED" in status.stdout + status.stderr
+    assert "succeeded" in (status.stdout + status.stderr).lower()
 
     client = MlflowClient(f"sqlite:///{db}")
     version = client.get_model_version_by_alias("changeseg", "champion")
@@ -149,7 +149,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     assert result["epochs"] == 4
 
     client = MlflowClient(f"sqlite:///{db}")
-    runs_found = client.search_runs([client.get_experiment_by_name("changeseg").experiment_id])
+    runs_found = client.search_runs([client.get_experiment_by_name("changeseg-demo").experiment_id])
     assert len(runs_found) == 1, "resume must continue the same MLflow run"
     steps = [m.step for m in client.get_metric_history(runs_found[0].info.run_id, "train_loss")]
     assert len(steps) == len(set(steps)), f"an epoch was trained twice: {steps}"
