@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -23,3 +24,10 @@ def write_pair_folder(root: Path, ids: list[str], *, size=(32, 40), seed: int = 
         Image.fromarray(mask * 255).save(root / "mask" / f"{pair_id}.png")
         out[pair_id] = {"t0": t0, "t1": t1, "mask": mask}
     return out
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -31,12 +32,6 @@ SMALL = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(**extra) -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
@@ -51,12 +46,16 @@ def ray_head(tmp_path):
     """A real Ray head started with `ray start --head`, token authentication on."""
     token = uuid.uuid4().hex
     env = _env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard = free_port(), free_port()
     temp_dir = Path("/tmp") / f"cs-e2e-{uuid.uuid4().hex[:8]}"
     start = [
         str(BIN / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
         "--num-cpus=6", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+        # Ports of its own, so it can run beside the session's local Ray instance.
+        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}", f"--ray-client-server-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
     ]
     # A session of its own: every process of this cluster shares its process group, so
     # teardown stops exactly this cluster (`ray stop` would stop every Ray on the machine).
