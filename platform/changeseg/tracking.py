@@ -147,8 +147,7 @@ def log_overlays(cfg: Config, *, run_id: str, checkpoint_dir: Path, records: lis
     logged = []
     with tempfile.TemporaryDirectory() as tmp:
         for record in records[:count]:
-            row = {"pair_id": record.pair_id, "t0": record.t0, "t1": record.t1, "mask": record.mask}
-            sample = load_pair(row, mask_values=cfg.data.mask_values, storage_options=cfg.storage)
+            sample = load_pair(record.to_row(), mask_values=cfg.data.mask_values, storage_options=cfg.storage)
             pred = predictor.predict(sample["t0"], sample["t1"])[0]
             path = Path(tmp) / f"{record.pair_id}.png"
             Image.fromarray(overlay_panel(sample["t0"], sample["t1"], pred, sample.get("mask"))).save(path)

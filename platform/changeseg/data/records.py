@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -77,8 +78,6 @@ def scan_folder(
 
 def split_records(records: list[PairRecord], *, val_fraction: float, seed: int) -> tuple[list[PairRecord], list[PairRecord]]:
     """Deterministic train/validation split; both sides get at least one pair."""
-    import random
-
     if len(records) < 2:
         raise ValueError(f"need at least 2 pairs to hold some out for validation, got {len(records)}")
     order = list(records)

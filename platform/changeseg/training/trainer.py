@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -194,9 +193,3 @@ def finetune(cfg: Config) -> FinetuneResult:
         registered=registered,
     )
 
-
-def clear_run(cfg: Config) -> None:
-    """Delete a local run's checkpoints so the next run with that name starts fresh."""
-    path = Path(storage.ray_storage(cfg.run.storage_path, cfg.storage)[0]) / cfg.run.name
-    if not storage.is_remote(cfg.run.storage_path) and path.exists():
-        shutil.rmtree(path)
