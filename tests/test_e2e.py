@@ -96,7 +96,7 @@ def test_ray_job_submit_trains_and_registers(ray_head, tmp_path):
     )
     assert "succeeded" in (status.stdout + status.stderr).lower()
 
-    client = MlflowClient(f"sqlite:///{db}")
+    client = MlflowClient(f"sqlite:///{db}", registry_uri=f"sqlite:///{db}")
     version = client.get_model_version_by_alias("changeseg", "champion")
     assert int(version.version) == 1
     run = client.get_run(version.run_id)
@@ -147,7 +147,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     assert result["start_epoch"] == checkpointed + 1, "did not continue from the checkpoint"
     assert result["epochs"] == 4
 
-    client = MlflowClient(f"sqlite:///{db}")
+    client = MlflowClient(f"sqlite:///{db}", registry_uri=f"sqlite:///{db}")
     runs_found = client.search_runs([client.get_experiment_by_name("changeseg-demo").experiment_id])
     assert len(runs_found) == 1, "resume must continue the same MLflow run"
     steps = [m.step for m in client.get_metric_history(runs_found[0].info.run_id, "train_loss")]

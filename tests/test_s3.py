@@ -51,4 +51,4 @@ def test_finetune_from_and_to_s3(ray_local, tmp_path, s3_endpoint, s3_bucket, tr
     rng = np.random.default_rng(0)
     t0, t1 = (rng.integers(0, 256, (40, 40, 3), dtype=np.uint8) for _ in range(2))
     np.testing.assert_allclose(from_s3.predict_proba(t0, t1), from_registry.predict_proba(t0, t1), atol=1e-6)
-    assert MlflowClient(tracking_uri).get_run(result.mlflow_run_id).info.status == "FINISHED"
+    assert MlflowClient(tracking_uri, registry_uri=tracking_uri).get_run(result.mlflow_run_id).info.status == "FINISHED"

@@ -45,7 +45,7 @@ def test_params_are_logged_once_and_config_saved(tracking_uri):
     run = tracking.start_or_resume_run(cfg)
     tracking.log_run_inputs(cfg, run_id=run.run_id, train_pairs=10, val_pairs=2, class_weights=[0.1, 0.9])
     tracking.log_run_inputs(cfg, run_id=run.run_id, train_pairs=10, val_pairs=2, class_weights=[0.1, 0.9])
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     params = client.get_run(run.run_id).data.params
     assert params["model.mtf"] == "iade" and params["data.train_pairs"] == "10"
     assert params["train.class_weights_used"] == "[0.1, 0.9]"
@@ -54,7 +54,7 @@ def test_params_are_logged_once_and_config_saved(tracking_uri):
 
 def test_champion_alias_follows_the_better_metric(tmp_path, tracking_uri):
     cfg = _cfg(tracking_uri)
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     results = []
     for seed, f1 in [(1, 0.5), (2, 0.4), (3, 0.7)]:
         run = tracking.start_or_resume_run(_cfg(tracking_uri, name=f"run{seed}"))
@@ -100,3 +100,16 @@ def test_artifacts_live_beside_the_sqlite_store(tmp_path, tracking_uri, monkeypa
     monkeypatch.chdir(tmp_path / ".." )  # a different working folder must not matter
     run = tracking.start_or_resume_run(_cfg(tracking_uri))
     assert run.artifact_uri.startswith((tmp_path / "mlartifacts" / "changeseg").as_uri())
+
+
+def test_registry_lookup_ignores_the_process_wide_registry(tmp_path, tracking_uri):
+    cfg = _cfg(tracking_uri)
+    run = tracking.start_or_resume_run(cfg)
+    _, directory = _checkpoint(tmp_path, 7)
+    tracking.log_and_register_model(cfg, run_id=run.run_id, checkpoint_dir=directory, metrics={"val_global_f1": 0.2})
+    mlflow.set_registry_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    try:
+        predictor = Predictor.from_uri("models:/changeseg@champion", tracking_uri=tracking_uri)
+    finally:
+        mlflow.set_registry_uri(tracking_uri)
+    assert predictor.info["version"] == 1

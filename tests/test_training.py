@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from changeseg.training.loop import cosine_with_warmup
 from changeseg.training.trainer import check_feasible, finetune
 from helpers import write_pair_folder
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"msf_width": 16, "msf_scales": 2}
 
 
@@ -61,14 +65,16 @@ def test_empty_dataset_is_an_error(tmp_path, tracking_uri):
         plan_datasets(cfg)
 
 
-def test_bad_config_fails_before_ray_starts(capsys):
-    import ray
-
-    code = finetune_main(["train.epochz=3", "train.batch_size=big"])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert "unknown key 'train.epochz'" in err and "'train.batch_size'" in err and "integer" in err
-    assert not ray.is_initialized()
+def test_bad_config_fails_before_ray_starts(tmp_path):
+    # A fresh process, so "Ray never started" is observable.
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "finetune.py"), "train.epochz=3", "train.batch_size=big"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2
+    assert "unknown key 'train.epochz'" in done.stderr and "'train.batch_size'" in done.stderr and "integer" in done.stderr
+    assert "Started a local Ray instance" not in done.stdout + done.stderr
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_pipeline_decodes_and_counts_pixels(ray_local, tmp_path, tracking_uri):
@@ -92,7 +98,7 @@ def test_finetune_tracks_registers_and_crowns(ray_local, tmp_path, tracking_uri)
     w = result.class_weights
     assert len(w) == 2 and w[0] + w[1] == pytest.approx(1.0) and w[1] > w[0]  # change is the rare class
 
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     run = client.get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["model.msf_width"] == "16"

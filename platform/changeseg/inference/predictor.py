@@ -46,8 +46,10 @@ def resolve_model_dir(
                 version = client.get_model_version(name, match["version"])
         except mlflow.exceptions.MlflowException as err:
             raise LookupError(f"model {uri} not found in the registry at {tracking_uri}: {err.message}") from None
+        # Resolve through this client, not MLflow's process-wide registry setting.
+        source = client.get_model_version_download_uri(name, str(version.version))
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{version.version}", dst_path=str(download_dir), tracking_uri=tracking_uri
+            artifact_uri=source, dst_path=str(download_dir), tracking_uri=tracking_uri
         )
         info = {"name": name, "version": int(version.version), "run_id": version.run_id, "uri": uri}
         return find_checkpoint_dir(local), info
