@@ -20,10 +20,9 @@ import numpy as np
 import torch
 
 from changeseg.config import build_config
-from changeseg.data.decode import load_pair
+from changeseg.data.decode import load_pair, to_model_input
 from changeseg.data.pipeline import plan_datasets, records_to_rows
 from changeseg.models import create_model
-from changeseg.training.loop import to_model_input
 from changeseg.training.losses import ChangeLoss
 
 

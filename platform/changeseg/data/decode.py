@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import torch
 from PIL import Image
 
 from changeseg import storage
@@ -59,3 +60,8 @@ def load_pair(
             raise ValueError(f"pair {row['pair_id']}: mask is {mask.shape} but images are {t0.shape[:2]}")
         out["mask"] = mask
     return out
+
+
+def to_model_input(images: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1], the model's input contract."""
+    return images.permute(0, 3, 1, 2).float().div_(255.0)

@@ -13,6 +13,7 @@ from torch import nn
 
 from changeseg import storage
 from changeseg.config import StorageSection, resolve_tracking_uri
+from changeseg.data.decode import to_model_input
 from changeseg.models.weights import find_checkpoint_dir, load_checkpoint
 
 _REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
@@ -90,7 +91,7 @@ class Predictor:
             arr = arr[None]
         if arr.ndim != 4 or arr.shape[-1] != 3:
             raise ValueError(f"expected RGB images shaped (H, W, 3) or (N, H, W, 3), got {arr.shape}")
-        return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float().div_(255.0)
+        return to_model_input(torch.from_numpy(np.ascontiguousarray(arr)))
 
     def predict_proba(self, t0: np.ndarray, t1: np.ndarray) -> np.ndarray:
         """Class probabilities (N, C, H, W) for uint8 RGB inputs."""

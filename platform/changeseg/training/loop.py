@@ -14,18 +14,13 @@ import torch
 from torch import nn
 
 from changeseg.config import Config
-from changeseg.data.decode import load_pair
+from changeseg.data.decode import load_pair, to_model_input
 from changeseg.metrics import ChangeMetrics, all_reduce_
 from changeseg.models import create_model
 from changeseg.models.weights import WEIGHTS_FILE, save_checkpoint
 from changeseg.training.losses import ChangeLoss
 
 TRAIN_STATE_FILE = "train_state.pt"
-
-
-def to_model_input(images: torch.Tensor) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1], the model's input contract."""
-    return images.permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def cosine_with_warmup(*, total_steps: int, warmup_steps: int):
