@@ -30,6 +30,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_model.py
 	$(BIN)/python benchmarks/bench_train_loop.py
+	$(BIN)/python benchmarks/bench_data.py
 
 clean:
 	rm -rf demo_output .changeseg runs mlflow.db .pytest_cache

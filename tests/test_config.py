@@ -10,7 +10,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_defaults_follow_the_paper_recipe():
     cfg = Config()
     assert cfg.train.lr == 1e-4 and cfg.train.weight_decay == 0.0
-    assert cfg.model.mtf == "iade" and cfg.model.msf_scales == 4
+    from changeseg.models import create_model
+
+    built = create_model(**cfg.model.factory_kwargs()).config  # unset fields: the factory's defaults
+    assert built["mtf"] == "iade" and built["msf_scales"] == 4 and built["msf_width"] == 512
     assert cfg.tracking.registered_model == "changeseg" and cfg.tracking.alias == "champion"
 
 

@@ -23,8 +23,11 @@ def test_storage_round_trip_on_s3(s3_endpoint, s3_bucket):
 
 
 @pytest.mark.slow
-def test_finetune_from_and_to_s3(ray_local, tmp_path, s3_endpoint, s3_bucket, tracking_uri):
-    """Pairs read from s3://, checkpoints written to s3://, model loaded back from there."""
+@pytest.mark.parametrize("form", ["files", "shards"])
+def test_finetune_from_and_to_s3(ray_local, tmp_path, s3_endpoint, s3_bucket, tracking_uri, form):
+    """Pairs read from s3:// (loose files, or packed shards), checkpoints written to s3://,
+    model loaded back from there."""
+    from changeseg.data.prepare import prepare_dataset
     from changeseg.data.synthetic import write_folder
 
     opts = StorageSection(endpoint_url=s3_endpoint)
@@ -32,17 +35,23 @@ def test_finetune_from_and_to_s3(ray_local, tmp_path, s3_endpoint, s3_bucket, tr
     write_folder(local, count=10, seed=3, size=48)
     for path in sorted(local.rglob("*.png")):
         storage.write_bytes(f"s3://{s3_bucket}/pairs/{path.relative_to(local).as_posix()}", path.read_bytes(), opts)
+    train_path = f"s3://{s3_bucket}/pairs"
+    if form == "shards":
+        train_path = f"s3://{s3_bucket}/shards"
+        packed = prepare_dataset(f"s3://{s3_bucket}/pairs", shards=train_path, pairs_per_shard=4, storage_options=opts)
+        assert len(packed.shards) == 3 and packed.pairs == 10
 
     cfg = build_config({
         "run": {"name": "s3run", "storage_path": f"s3://{s3_bucket}/runs"},
-        "data": {"train_path": f"s3://{s3_bucket}/pairs", "val_fraction": 0.2},
+        "data": {"train_path": train_path, "val_fraction": 0.2},
         "model": {"msf_width": 16, "msf_scales": 2},
         "train": {"epochs": 1, "batch_size": 2, "num_workers": 2, "num_overlays": 1},
         "tracking": {"tracking_uri": tracking_uri},
         "storage": {"endpoint_url": s3_endpoint},
     })
     result = finetune(cfg)
-    assert result.train_pairs == 8 and result.val_pairs == 2
+    assert result.train_pairs == 8 and result.val_pairs == 2 and result.skipped_pairs == []
+    assert result.data_source == train_path
     assert result.checkpoint_path.startswith(f"s3://{s3_bucket}/runs/s3run/checkpoint_")
     assert storage.exists(result.checkpoint_path + "/model.safetensors", opts)
 

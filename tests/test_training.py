@@ -102,6 +102,7 @@ def test_finetune_tracks_registers_and_crowns(ray_local, tmp_path, tracking_uri)
     run = client.get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["model.msf_width"] == "16"
+    assert run.data.metrics["data_skipped_pairs"] == 0 and result.skipped_pairs == []
     for key in ("train_loss", "val_loss", "val_global_f1", "val_per_image_f1_mean", "val_kappa"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1], key
     overlays = [a.path for a in client.list_artifacts(run.info.run_id, "overlays")]

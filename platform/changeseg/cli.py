@@ -1,4 +1,4 @@
-"""Command line: ``changeseg finetune|demo``; the jobs/ scripts call the same functions."""
+"""Command line: ``changeseg finetune|demo|export|prepare|score``; the jobs/ scripts call the same functions."""
 
 from __future__ import annotations
 
@@ -71,7 +71,142 @@ def demo_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-COMMANDS = {"finetune": finetune_main, "demo": demo_main}
+def export_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="export", description="Export a model to ONNX (inputs t0, t1; output logits) and check it in onnxruntime."
+    )
+    parser.add_argument(
+        "--model", required=True, help="checkpoint folder, s3:// folder, models:/name/version or models:/name@alias"
+    )
+    parser.add_argument("--output", required=True, help="path of the .onnx file to write")
+    parser.add_argument("--height", type=int, default=256, help="tracing sample height (the graph stays dynamic)")
+    parser.add_argument("--width", type=int, default=256, help="tracing sample width (the graph stays dynamic)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: changeseg.export.DEFAULT_OPSET)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for models:/ URIs")
+    parser.add_argument("--tolerance", type=float, default=1e-3, help="fail when the parity check differs by more")
+    args = parser.parse_args(argv)
+    setup_logging()
+
+    from changeseg.export import DEFAULT_OPSET, check_onnx_parity, export_onnx
+    from changeseg.inference.predictor import Predictor
+
+    try:
+        predictor = Predictor.from_uri(args.model, tracking_uri=args.tracking_uri)
+        path = export_onnx(
+            predictor.model, args.output, opset=args.opset or DEFAULT_OPSET, height=args.height, width=args.width
+        )
+    except (FileNotFoundError, LookupError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    # A size unlike the tracing sample's, so the check also exercises the dynamic axes.
+    diff = check_onnx_parity(
+        predictor.model, path, batch=2, height=args.height // 2 + 7, width=args.width // 2 + 3
+    )
+    print(f"wrote {path}")
+    print(f"onnxruntime parity: max abs diff {diff:.3e}")
+    if not diff <= args.tolerance:
+        print(f"error: ONNX outputs differ from PyTorch's by {diff:.3e} > {args.tolerance:g}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def prepare_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="prepare",
+        description="Scan a dataset in any layout (local or s3://) into a Parquet manifest and/or packed Parquet shards.",
+    )
+    parser.add_argument("source", help="dataset folder (or manifest) URI")
+    parser.add_argument("--layout", default=None, help="auto (default: data.layout), folder, levir, dsifn, airchange, pcd, vl_cmu_cd, changesim")
+    parser.add_argument("--manifest", help="write the manifest .parquet here")
+    parser.add_argument("--shards", help="pack the pairs' bytes into part-*.parquet files in this folder")
+    parser.add_argument("--pairs-per-shard", type=int, default=256)
+    parser.add_argument("--split", default="train", help="split of pairs whose layout names none")
+    parser.add_argument("--no-validate", action="store_true", help="pack without decoding every pair once")
+    parser.add_argument("--strict", action="store_true", help="a bad pair is an error (default: data.strict)")
+    parser.add_argument("--config", help="YAML config for storage.*, data.* and model.num_classes")
+    parser.add_argument("--summary", help="also write the summary as JSON to this path")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. storage.endpoint_url=http://...")
+    args = parser.parse_args(argv)
+    setup_logging()
+    if not args.manifest and not args.shards:
+        parser.error("give --manifest and/or --shards")
+
+    from changeseg.config import ConfigError, load_config
+    from changeseg.data.prepare import prepare_dataset
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        summary = prepare_dataset(
+            args.source,
+            layout=args.layout or cfg.data.layout,
+            manifest=args.manifest,
+            shards=args.shards,
+            split=args.split,
+            fold=cfg.data.fold,
+            num_classes=cfg.model.resolved_num_classes(),
+            mask_values=cfg.data.mask_values,
+            pairs_per_shard=args.pairs_per_shard,
+            validate=not args.no_validate,
+            strict=args.strict or cfg.data.strict,
+            storage_options=cfg.storage,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    result = dataclasses.asdict(summary)
+    result["skipped_count"] = len(summary.skipped)
+    text = json.dumps(result, indent=2, sort_keys=True)
+    print(text)
+    if args.summary:
+        Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.summary).write_text(text + "\n")
+    return 0
+
+
+def score_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="batch_score",
+        description="Score every pair of an archive with a registered model (Ray Data); resumable.",
+    )
+    parser.add_argument("--model", required=True, help="models:/name@alias, models:/name/version or a checkpoint URI")
+    parser.add_argument("--input", required=True, help="manifest .parquet, shards, or a dataset layout (local or s3://)")
+    parser.add_argument("--output", required=True, help="output folder (local or s3://); re-running resumes")
+    parser.add_argument("--split", default=None, help="score only the records of this split (default: all)")
+    parser.add_argument("--config", help="YAML config (score.*, storage.*, tracking.*, data.layout ...)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. score.batch_size=4")
+    args = parser.parse_args(argv)
+    setup_logging()
+
+    from changeseg.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    from changeseg.inference.batch import batch_score
+
+    try:
+        summary = batch_score(cfg, model_uri=args.model, input_uri=args.input, output_uri=args.output, split=args.split)
+    except (FileNotFoundError, LookupError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(summary.to_json())
+    return 0
+
+
+COMMANDS = {
+    "finetune": finetune_main,
+    "demo": demo_main,
+    "export": export_main,
+    "prepare": prepare_main,
+    "score": score_main,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

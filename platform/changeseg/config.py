@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -55,34 +55,94 @@ class SyntheticSection(_Section):
 class DataSection(_Section):
     """Where pairs come from and how they are augmented."""
 
-    # A folder with t0/, t1/ and mask/ (local path, file:// or s3://); null = synthetic.
+    # A dataset (local path, file:// or s3://): a folder in any known layout, a manifest
+    # .parquet, or a folder of packed part-*.parquet shards; null = synthetic pairs.
     train_path: str | None = None
-    # Validation folder; null = hold out val_fraction of the training pairs.
+    # Validation dataset; null = the pairs of train_path whose split is val_split, or,
+    # when there are none, val_fraction of the training pairs held out.
     val_path: str | None = None
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    # Masks: "binary" = any non-zero value is change; "index" = values are class ids.
-    mask_values: Literal["binary", "index"] = "binary"
+    # "auto" detects the layout; see changeseg.data.layouts for the others.
+    layout: Literal[
+        "auto", "folder", "levir", "dsifn", "airchange", "pcd", "vl_cmu_cd", "changesim", "manifest", "shards"
+    ] = "auto"
+    # Which records train and which validate, by their split (folder, file prefix or manifest).
+    train_split: str = "train"
+    val_split: str = "val"
+    # PCD: the cross-validation fold (0-4) whose pairs form the "test" split.
+    fold: int = Field(0, ge=0, le=4)
+    # Bad pairs (missing file, undecodable, sizes differ, unexpected mask values) are
+    # reported and left out; strict makes them fatal.
+    strict: bool = False
+    # How masks become classes when a record does not say (see data.decode.MASK_ENCODINGS).
+    mask_values: Literal[
+        "binary", "binary-inverted", "index", "colormap:changesim", "colormap:changesim:binary"
+    ] = "binary"
     ignore_index: int = 255
+    # Resize every pair to (H, W) when read, for training and validation alike.
+    resize: tuple[int, int] | None = None
     crop_size: int | None = Field(None, ge=16)
     hflip: bool = True
     vflip: bool = False
+    # Random multiples of 90 degrees (180 only for non-square images without a crop).
+    rotate90: bool = False
+    # Resize by a factor drawn from [low, high] before cropping; needs crop_size.
+    scale_jitter: tuple[float, float] | None = None
+    # Brightness, contrast and saturation factors in [1 - j, 1 + j], drawn separately
+    # for t0 and t1: an illumination change is not a change.
+    color_jitter: float = Field(0.0, ge=0.0, lt=1.0)
+    # Probability of swapping t0 and t1. Binary masks stay as they are; class-index
+    # masks map class c to swap_class_map[c] (e.g. appear <-> disappear).
+    swap_prob: float = Field(0.0, ge=0.0, le=1.0)
+    swap_class_map: list[int] | None = None
     synthetic: SyntheticSection = SyntheticSection()
+
+    @field_validator("scale_jitter")
+    @classmethod
+    def _scale_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 < value[0] <= value[1]:
+            raise ValueError("must be [low, high] with 0 < low <= high")
+        return value
+
+    @model_validator(mode="after")
+    def _jitter_needs_crop(self) -> "DataSection":
+        if self.scale_jitter is not None and self.crop_size is None:
+            raise ValueError("data.scale_jitter needs data.crop_size (batches need one size)")
+        return self
 
 
 class ModelSection(_Section):
-    """Arguments of :func:`changeseg.models.create_model`."""
+    """Arguments of :func:`changeseg.models.create_model`.
+
+    Architecture fields left null come from the preset ``name`` (e.g. ``c3po_vl_cmu_cd``)
+    or the factory defaults. ``weights``: null, ``imagenet``,
+    ``torchvision:<segmentation model>`` or a changeseg checkpoint URI (warm start);
+    ``weights_file``: a local file with those ImageNet/segmentation weights (offline use).
+    """
 
     name: str = "c3po"
-    backbone: str = "resnet18"
-    mtf: str = "iade"
-    msf_scales: int = Field(4, ge=1, le=4)
-    head: Literal["fcn", "deeplabv3"] = "fcn"
-    num_classes: int = Field(2, ge=2)
-    msf_width: int = Field(512, ge=8)
+    backbone: str | None = None
+    mtf: str | None = None
+    msf_scales: int | None = Field(None, ge=1, le=4)
+    head: Literal["fcn", "deeplabv3"] | None = None
+    num_classes: int | None = Field(None, ge=2)
+    msf_width: int | None = Field(None, ge=8)
+    head_channels: int | None = Field(None, ge=1)
+    weights: str | None = None
+    weights_file: str | None = None
     pretrained_backbone: bool = False
 
     def factory_kwargs(self) -> dict[str, Any]:
-        return self.model_dump()
+        """Keyword arguments for create_model (unset architecture fields left out)."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+    def resolved_num_classes(self) -> int:
+        """The class count the model will have (explicit, else the preset's, else 2)."""
+        if self.num_classes is not None:
+            return self.num_classes
+        from changeseg.models import PRESETS
+
+        return int(PRESETS.get(self.name, {}).get("num_classes", 2))
 
 
 class TrainSection(_Section):
@@ -134,6 +194,66 @@ class RaySection(_Section):
     num_cpus: int | None = Field(None, ge=1)
 
 
+class ServeSection(_Section):
+    """HTTP serving (Ray Serve): which models, request limits, batching.
+
+    Replica counts, autoscaling, GPUs and queue limits are Ray Serve deployment options
+    and live in serve/config.yaml, not here.
+    """
+
+    # The version or alias a request gets when it names none; null = tracking.alias.
+    default_version: str | None = None
+    # How long an alias -> version lookup is reused; moving an alias takes effect after it.
+    alias_ttl_s: float = Field(5.0, ge=0)
+    max_models_per_replica: int = Field(3, ge=1)
+    max_batch_size: int = Field(8, ge=1)
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    # Limits on what a request may carry.
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(4096 * 4096, ge=1024, description="per image, checked before decoding")
+    min_side: int = Field(16, ge=1, description="smallest image side accepted (422 below)")
+    # t0 and t1 of different sizes: "resize" t1 to t0's size, or "reject" with 422.
+    size_mismatch: Literal["resize", "reject"] = "reject"
+    # Storage URIs a JSON request may name (prefix match); empty = URIs refused.
+    allowed_uri_prefixes: list[str] = []
+    # Model call limit inside the API; a request past it gets 504.
+    request_timeout_s: float = Field(30.0, gt=0)
+    # "auto": CUDA when the replica has a GPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Regions listed per response (largest first); the fraction always counts all.
+    max_regions: int = Field(1000, ge=0)
+
+
+class ScoreSection(_Section):
+    """Offline batch scoring with Ray Data (``jobs/batch_score.py``)."""
+
+    # Pairs per model call; tiles of large pairs are batched the same way.
+    batch_size: int = Field(8, ge=1)
+    # Model replicas: an actor pool growing from min_actors to max_actors.
+    min_actors: int = Field(1, ge=1)
+    max_actors: int = Field(2, ge=1)
+    num_gpus: float = Field(0.0, ge=0, description="per actor; 0 on CPU")
+    cpus_per_actor: float = Field(1.0, gt=0)
+    # Pairs larger than tile_size in either side are scored in overlapping windows.
+    tile_size: int = Field(512, ge=32)
+    tile_overlap: int = Field(64, ge=0)
+    write_probabilities: bool = False
+    # Result rows are written to a new Parquet file every flush_rows rows (and at the end):
+    # a killed job loses at most that many rows, which a re-run scores again.
+    flush_rows: int = Field(256, ge=1)
+    max_regions: int = Field(100, ge=0)
+    min_region_area: int = Field(1, ge=1)
+    progress_seconds: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _overlap_below_tile(self) -> "ScoreSection":
+        if self.tile_overlap >= self.tile_size:
+            raise ValueError(f"tile_overlap ({self.tile_overlap}) must be smaller than tile_size ({self.tile_size})")
+        if self.min_actors > self.max_actors:
+            raise ValueError(f"min_actors ({self.min_actors}) exceeds max_actors ({self.max_actors})")
+        return self
+
+
 class Config(_Section):
     run: RunSection = RunSection()
     data: DataSection = DataSection()
@@ -142,6 +262,8 @@ class Config(_Section):
     tracking: TrackingSection = TrackingSection()
     storage: StorageSection = StorageSection()
     ray: RaySection = RaySection()
+    serve: ServeSection = ServeSection()
+    score: ScoreSection = ScoreSection()
 
     def resolved_tracking_uri(self) -> str:
         return resolve_tracking_uri(self.tracking.tracking_uri)

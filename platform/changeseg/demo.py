@@ -37,7 +37,7 @@ def run_demo(*, config_path: str | None, overrides: list[str], output: str | Pat
     model_uri = result.registered.get("model_uri") or result.checkpoint_path
     predictor = Predictor.from_uri(model_uri, tracking_uri=result.tracking_uri, storage_options=cfg.storage)
 
-    metrics = ChangeMetrics(num_classes=cfg.model.num_classes)
+    metrics = ChangeMetrics(num_classes=cfg.model.resolved_num_classes())
     syn = cfg.data.synthetic
     overlay_paths = []
     for i in range(test_pairs):
@@ -57,6 +57,26 @@ def run_demo(*, config_path: str | None, overrides: list[str], output: str | Pat
         "overlays": overlay_paths,
         "seconds": round(time.perf_counter() - started, 1),
     }
+    if result.registered:
+        # Batch-score the held-out pairs, written as an archive, with the registered champion.
+        from changeseg.data.synthetic import write_folder
+        from changeseg.inference.batch import batch_score
+
+        archive = output / "held_out_archive"
+        if not (archive / "mask").is_dir() or len(list((archive / "mask").glob("*.png"))) != test_pairs:
+            write_folder(archive, count=test_pairs, seed=syn.seed + TEST_SEED_OFFSET, size=syn.size)
+        champion = f"models:/{cfg.tracking.registered_model}@{cfg.tracking.alias}"
+        scored = batch_score(cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"tracking_uri": result.tracking_uri})}),
+                             model_uri=champion, input_uri=str(archive), output_uri=str(output / "batch_scores"))
+        summary["batch_scored"] = dataclasses.asdict(scored)
+        summary["seconds"] = round(time.perf_counter() - started, 1)
+
+        # Serve the champion over HTTP, send it one held-out pair, then stop Serve.
+        from changeseg.serving.local import serve_one_request
+
+        pair = make_pair(seed=pair_seed(syn.seed + TEST_SEED_OFFSET, 0), size=syn.size)
+        summary["served"] = serve_one_request(cfg, tracking_uri=result.tracking_uri, t0=pair.t0, t1=pair.t1)
+        summary["seconds"] = round(time.perf_counter() - started, 1)
     summary_path = output / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     reg = result.registered
@@ -80,5 +100,16 @@ def run_demo(*, config_path: str | None, overrides: list[str], output: str | Pat
         f"  summary      {summary_path}",
         f"  total        {summary['seconds']:.0f} s",
     ]
+    scored = summary.get("batch_scored")
+    if scored:
+        f1 = (scored["metrics"] or {}).get("global_f1", float("nan"))
+        lines.insert(-2, f"  batch score  {scored['ok']} ok / {scored['errors']} errors of {scored['pairs_total']} archived pairs with "
+                     f"{scored['model']['uri']} (v{scored['model']['version']}): global F1 {f1:.3f}, "
+                     f"{scored['pairs_per_second']:.1f} pairs/s -> {scored['results']}")
+    served = summary.get("served")
+    if served:
+        model, found = served["model"], served["summary"]
+        lines.insert(-2, f"  serving      POST {served['url']}: {model['name']} v{model['version']} (@{model['requested']}) found "
+                     f"{found['changed_fraction']:.1%} changed in {found['regions_total']} regions, {served['round_trip_ms']:.0f} ms; Serve shut down")
     print("\n".join(lines))
     return summary

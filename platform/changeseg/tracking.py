@@ -88,6 +88,10 @@ def log_run_inputs(cfg: Config, *, run_id: str, train_pairs: int, val_pairs: int
     client = client_for(cfg.resolved_tracking_uri())
     existing = client.get_run(run_id).data.params
     params = flatten(cfg.model_dump(mode="json"))
+    # The architecture as built (preset and defaults filled in), not just what the config set.
+    from changeseg.models import resolve_model_args
+
+    params.update({f"model.{k}": str(v) for k, v in resolve_model_args(**cfg.model.factory_kwargs()).items()})
     params.update({"data.train_pairs": str(train_pairs), "data.val_pairs": str(val_pairs), "train.class_weights_used": str(class_weights)})
     # MLflow params are immutable: on resume, only log what is new.
     new = [Param(k, v[:6000]) for k, v in params.items() if k not in existing]
@@ -194,7 +198,7 @@ def log_and_register_model(cfg: Config, *, run_id: str, checkpoint_dir: Path, me
             name="model",
             python_model=str(PYFUNC_CODE),
             artifacts={"checkpoint": str(checkpoint_dir)},
-            signature=model_signature(cfg.model.num_classes),
+            signature=model_signature(cfg.model.resolved_num_classes()),
             # Explicit requirements: inference by import-tracing would load the model twice.
             pip_requirements=["changeseg", "torch", "safetensors", "mlflow"],
         )

@@ -11,6 +11,32 @@ from PIL import Image
 from changeseg import storage
 from changeseg.config import StorageSection
 
+# How a mask file becomes class indices; a record's ``mask_encoding`` names one of these.
+MASK_ENCODINGS = (
+    "binary",  # grey > 127 (or a 0/1 file) is change: LEVIR-CD, DSIFN, AirChange, VL-CMU-CD
+    "binary-inverted",  # black is change, white is not: PCD
+    "index",  # stored values are class ids (255 = ignore)
+    "colormap:changesim",  # RGB colours -> 5 ChangeSim classes
+    "colormap:changesim:binary",  # the same, any change class -> 1
+)
+
+# ChangeSim's change_segmentation colours: rows 0-4 of its idx2color table (class k has
+# colour k; the change type of an object is its semantic id // 50, in the order static, new,
+# missing, rotated, replaced). White (row 255) marks pixels without a label: ignored.
+CHANGESIM_CLASSES = ("static", "new", "missing", "rotated", "replaced")
+CHANGESIM_COLOURS = {
+    (0, 0, 0): 0,
+    (81, 38, 0): 1,
+    (41, 36, 132): 2,
+    (25, 48, 16): 3,
+    (131, 192, 13): 4,
+    (255, 255, 255): 255,
+}
+
+# A binary mask may hold a few stray grey pixels (AirChange has some); more than this
+# fraction outside {0, 255} means the file is not a binary mask.
+MAX_STRAY_FRACTION = 0.01
+
 
 def decode_image(data: bytes) -> np.ndarray:
     """Encoded bytes -> RGB uint8 array (H, W, 3)."""
@@ -18,22 +44,79 @@ def decode_image(data: bytes) -> np.ndarray:
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def decode_mask(data: bytes, *, mask_values: str = "binary") -> np.ndarray:
-    """Encoded mask -> class indices uint8 (H, W).
+def _binary(arr: np.ndarray, *, inverted: bool, check: bool) -> np.ndarray:
+    if arr.max(initial=0) <= 1:
+        return (1 - arr) if inverted else arr.copy()
+    stray = np.count_nonzero((arr != 0) & (arr != 255)) / max(arr.size, 1)
+    if check and stray > MAX_STRAY_FRACTION:
+        raise ValueError(
+            f"mask is not binary: {stray:.1%} of pixels are neither 0 nor 255 (values {_some_values(arr)})"
+        )
+    return ((arr <= 127) if inverted else (arr > 127)).astype(np.uint8)
 
-    ``binary``: a mask stored as 0/1 is taken as is; otherwise a pixel is change when its
-    grey value is above 127, which maps 0/255 masks and tolerates stray grey pixels from
-    lossy or palettised files. ``index``: the stored values are the class ids (255 = ignore).
+
+def _some_values(arr: np.ndarray, limit: int = 8) -> str:
+    values = np.unique(arr)
+    shown = ", ".join(str(int(v)) for v in values[:limit])
+    return shown + (" ..." if len(values) > limit else "")
+
+
+def _colormap(rgb: np.ndarray, colours: dict[tuple[int, int, int], int]) -> np.ndarray:
+    code = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+    values, inverse = np.unique(code, return_inverse=True)
+    table = {(r << 16) | (g << 8) | b: cls for (r, g, b), cls in colours.items()}
+    unknown = [int(v) for v in values if int(v) not in table]
+    if unknown:
+        shown = ", ".join(f"({v >> 16}, {(v >> 8) & 255}, {v & 255})" for v in unknown[:5])
+        raise ValueError(f"mask has {len(unknown)} colour(s) outside the colour map: {shown}")
+    lut = np.array([table[int(v)] for v in values], dtype=np.uint8)
+    return lut[inverse.reshape(code.shape)]
+
+
+def decode_mask(
+    data: bytes,
+    *,
+    mask_values: str = "binary",
+    num_classes: int | None = None,
+    ignore_index: int = 255,
+) -> np.ndarray:
+    """Encoded mask -> class indices uint8 (H, W); see :data:`MASK_ENCODINGS`.
+
+    ``binary``: a 0/1 file is taken as is; otherwise grey > 127 is change, which maps 0/255
+    masks and tolerates a few stray grey pixels from lossy or palettised files.
+    ``binary-inverted``: the same with black as change. ``index``: the stored values are
+    the class ids. ``colormap:changesim``: ChangeSim colours to classes 0-4 (``:binary``
+    folds them into change / no change). Unexpected values raise ``ValueError``: an
+    unknown colour always; with ``num_classes`` (the pipeline passes it) also a class id
+    outside ``0..num_classes-1`` other than ``ignore_index``, and a binary mask with more
+    than 1 % of its pixels neither 0 nor 255.
     """
     with Image.open(io.BytesIO(data)) as img:
-        if mask_values == "index":
+        if mask_values.startswith("colormap:"):
+            if not mask_values.startswith("colormap:changesim"):
+                raise ValueError(f"unknown mask colour map '{mask_values}'")
+            arr = _colormap(np.asarray(img.convert("RGB"), dtype=np.uint8), CHANGESIM_COLOURS)
+            if mask_values.endswith(":binary"):
+                arr = np.where(arr == 255, arr, (arr > 0).astype(np.uint8))
+        elif mask_values == "index":
             # Palettised files keep their indices; anything else is read as grey levels.
-            arr = np.asarray(img if img.mode in ("L", "P") else img.convert("L"), dtype=np.uint8)
-            return arr
-        arr = np.asarray(img.convert("L"), dtype=np.uint8)
-    if arr.max(initial=0) <= 1:
-        return arr.copy()
-    return (arr > 127).astype(np.uint8)
+            arr = np.asarray(img if img.mode in ("L", "P") else img.convert("L"), dtype=np.uint8).copy()
+        elif mask_values in ("binary", "binary-inverted"):
+            return _binary(
+                np.asarray(img.convert("L"), dtype=np.uint8),
+                inverted=mask_values == "binary-inverted",
+                check=num_classes is not None,
+            )
+        else:
+            raise ValueError(f"unknown mask encoding '{mask_values}' (known: {', '.join(MASK_ENCODINGS)})")
+    if num_classes is not None:
+        bad = (arr >= num_classes) & (arr != ignore_index)
+        if bad.any():
+            raise ValueError(
+                f"mask has class ids outside 0..{num_classes - 1} (and ignore {ignore_index}): "
+                f"{_some_values(arr[bad])}"
+            )
+    return arr
 
 
 def encode_png(array: np.ndarray) -> bytes:
@@ -42,23 +125,58 @@ def encode_png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def member_bytes(row: dict, key: str, storage_options: StorageSection | None = None) -> bytes:
+    """The encoded file ``key`` (t0, t1, mask) of a row: inline bytes, a shard row, or a URI."""
+    inline = row.get(f"{key}_data")
+    if inline is not None:
+        return inline
+    if row.get("shard"):
+        from changeseg.data.shards import read_shard_member
+
+        return read_shard_member(row["shard"], int(row["shard_row"]), key, storage_options)
+    return storage.read_bytes(row[key], storage_options)
+
+
 def load_pair(
     row: dict,
     *,
     mask_values: str = "binary",
     storage_options: StorageSection | None = None,
+    num_classes: int | None = None,
+    ignore_index: int = 255,
+    resize: tuple[int, int] | None = None,
 ) -> dict:
-    """Read and decode one record's files; sizes must agree."""
-    t0 = decode_image(storage.read_bytes(row["t0"], storage_options))
-    t1 = decode_image(storage.read_bytes(row["t1"], storage_options))
+    """Read and decode one record's files; sizes must agree.
+
+    The row's own ``mask_encoding`` (set by the dataset readers) wins over ``mask_values``.
+    ``resize`` = (H, W): images bilinear, mask nearest (class ids stay ids).
+    """
+    pid = row["pair_id"]
+    t0 = decode_image(member_bytes(row, "t0", storage_options))
+    t1 = decode_image(member_bytes(row, "t1", storage_options))
     if t0.shape != t1.shape:
-        raise ValueError(f"pair {row['pair_id']}: t0 is {t0.shape[:2]} but t1 is {t1.shape[:2]}")
-    out = {"pair_id": row["pair_id"], "t0": t0, "t1": t1}
-    if row.get("mask"):
-        mask = decode_mask(storage.read_bytes(row["mask"], storage_options), mask_values=mask_values)
+        raise ValueError(f"pair {pid}: t0 is {t0.shape[:2]} but t1 is {t1.shape[:2]}")
+    out = {"pair_id": pid, "t0": t0, "t1": t1}
+    if row.get("mask") or row.get("mask_data") is not None:
+        encoding = row.get("mask_encoding") or mask_values
+        try:
+            mask = decode_mask(
+                member_bytes(row, "mask", storage_options),
+                mask_values=encoding,
+                num_classes=num_classes,
+                ignore_index=ignore_index,
+            )
+        except ValueError as err:
+            raise ValueError(f"pair {pid}: {err}") from None
         if mask.shape != t0.shape[:2]:
-            raise ValueError(f"pair {row['pair_id']}: mask is {mask.shape} but images are {t0.shape[:2]}")
+            raise ValueError(f"pair {pid}: mask is {mask.shape} but images are {t0.shape[:2]}")
         out["mask"] = mask
+    if resize is not None and tuple(t0.shape[:2]) != tuple(resize):
+        size = (int(resize[1]), int(resize[0]))
+        for key in ("t0", "t1", "mask"):
+            if key in out:
+                method = Image.NEAREST if key == "mask" else Image.BILINEAR
+                out[key] = np.asarray(Image.fromarray(out[key]).resize(size, method))
     return out
 
 

@@ -14,7 +14,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 @dataclass(frozen=True)
 class PairRecord:
-    """One change-detection pair: t0 (reference), t1 (comparison) and optional mask."""
+    """One change-detection pair: t0 (reference), t1 (comparison) and optional mask.
+
+    ``mask_encoding`` says how the mask file becomes class indices (one of
+    :data:`changeseg.data.decode.MASK_ENCODINGS`; None = the config's ``data.mask_values``).
+    A pair packed into a Parquet shard has ``shard`` (the shard's URI) and ``shard_row``;
+    t0, t1 and mask then only record where the files came from.
+    """
 
     pair_id: str
     t0: str
@@ -22,6 +28,9 @@ class PairRecord:
     mask: str | None = None
     split: str = "train"
     metadata: dict[str, str] = field(default_factory=dict)
+    mask_encoding: str | None = None
+    shard: str | None = None
+    shard_row: int | None = None
 
     def to_row(self) -> dict:
         return asdict(self)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 
 def random_crop(sample: dict, size: int, rng: np.random.Generator, *, ignore_index: int = 255) -> dict:
@@ -40,6 +41,60 @@ def random_flip(sample: dict, rng: np.random.Generator, *, horizontal: bool = Tr
     return out
 
 
+def random_rotate90(sample: dict, rng: np.random.Generator) -> dict:
+    """Rotate t0, t1 and mask by the same multiple of 90 degrees.
+
+    Non-square images only turn by 0 or 180 degrees, so every sample keeps its size.
+    """
+    h, w = sample["t0"].shape[:2]
+    k = int(rng.integers(0, 4)) if h == w else 2 * int(rng.integers(0, 2))
+    if k == 0:
+        return sample
+    out = dict(sample)
+    for key in ("t0", "t1", "mask"):
+        if key in out:
+            out[key] = np.ascontiguousarray(np.rot90(out[key], k, axes=(0, 1)))
+    return out
+
+
+def rescale(sample: dict, factor: float) -> dict:
+    """Resize by ``factor``: bilinear for the images, nearest for the mask (class ids stay ids)."""
+    h, w = sample["t0"].shape[:2]
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    if size == (w, h):
+        return sample
+    out = dict(sample)
+    for key in ("t0", "t1", "mask"):
+        if key in out:
+            resample = Image.NEAREST if key == "mask" else Image.BILINEAR
+            out[key] = np.asarray(Image.fromarray(out[key]).resize(size, resample))
+    return out
+
+
+def jitter_colour(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Brightness, contrast and saturation factors drawn from [1 - strength, 1 + strength]."""
+    b, c, s = rng.uniform(1 - strength, 1 + strength, size=3)
+    x = image.astype(np.float32) * b
+    grey = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    x = (x - grey.mean()) * c + grey.mean()
+    grey = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    x = (x - grey[..., None]) * s + grey[..., None]
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def swap_times(sample: dict, class_map: list[int] | None = None) -> dict:
+    """Exchange t0 and t1. A binary mask is unchanged (change either way); with
+    ``class_map``, class ``c`` becomes ``class_map[c]`` (e.g. new <-> missing), other
+    values (ignore) stay."""
+    out = dict(sample)
+    out["t0"], out["t1"] = sample["t1"], sample["t0"]
+    if class_map is not None and "mask" in sample:
+        lut = np.arange(256, dtype=np.uint8)
+        lut[: len(class_map)] = class_map
+        out["mask"] = lut[sample["mask"]]
+    return out
+
+
 def augment_pair(
     sample: dict,
     rng: np.random.Generator,
@@ -48,7 +103,25 @@ def augment_pair(
     hflip: bool,
     vflip: bool,
     ignore_index: int = 255,
+    rotate90: bool = False,
+    scale_jitter: tuple[float, float] | None = None,
+    color_jitter: float = 0.0,
+    swap_prob: float = 0.0,
+    swap_class_map: list[int] | None = None,
 ) -> dict:
+    """Geometry first (scale, crop, rotate, flip: one draw for t0, t1 and mask), then
+    photometric jitter drawn separately for t0 and t1, then the optional t0/t1 swap."""
+    if scale_jitter is not None:
+        sample = rescale(sample, float(rng.uniform(*scale_jitter)))
     if crop_size:
         sample = random_crop(sample, crop_size, rng, ignore_index=ignore_index)
-    return random_flip(sample, rng, horizontal=hflip, vertical=vflip)
+    if rotate90:
+        sample = random_rotate90(sample, rng)
+    sample = random_flip(sample, rng, horizontal=hflip, vertical=vflip)
+    if color_jitter > 0:
+        sample = dict(sample)
+        sample["t0"] = jitter_colour(sample["t0"], rng, color_jitter)
+        sample["t1"] = jitter_colour(sample["t1"], rng, color_jitter)
+    if swap_prob > 0 and rng.random() < swap_prob:
+        sample = swap_times(sample, swap_class_map)
+    return sample

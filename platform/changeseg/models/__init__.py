@@ -3,27 +3,34 @@
 ``create_model`` builds a model from plain (JSON-safe) arguments, and every
 model keeps those arguments in ``model.config`` so ``model_from_config``
 rebuilds the architecture from a checkpoint before loading its state dict.
+
+Names: ``c3po`` (every argument free), presets that fix the paper's released
+configurations (explicit arguments still override them), and the FC-EF /
+FC-Siam baselines, which take only ``num_classes``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from .backbones import Backbone, create_backbone, list_backbones
+from .backbones import Backbone, create_backbone, is_backbone_name, list_backbones
 from .c3po import C3PO
 from .heads import create_head, list_heads
 from .msf import MSF
 from .mtf import MTF, MTF_MODES
+from .pretrained import SEGMENTATION_SOURCES, LoadReport, apply_weights
 
 __all__ = [
     "C3PO",
     "MSF",
     "MTF",
     "MTF_MODES",
+    "PRESETS",
+    "SEGMENTATION_SOURCES",
     "Backbone",
+    "LoadReport",
     "create_backbone",
     "create_head",
     "create_model",
@@ -31,86 +38,171 @@ __all__ = [
     "list_heads",
     "list_models",
     "model_from_config",
+    "resolve_model_args",
 ]
 
+# C3PO arguments when neither a preset nor the caller sets them.
+_C3PO_DEFAULTS: dict[str, Any] = {
+    "backbone": "resnet18",
+    "mtf": "iade",
+    "msf_scales": 4,
+    "head": "fcn",
+    "num_classes": 2,
+    "msf_width": 512,
+    "head_channels": None,
+}
 
-def _build_c3po(
-    *,
-    backbone: str,
-    mtf: str,
-    msf_scales: int,
-    head: str,
-    num_classes: int,
-    msf_width: int,
-    pretrained_backbone: bool,
-) -> nn.Module:
-    return C3PO(
-        backbone=create_backbone(name=backbone, pretrained=pretrained_backbone),
-        mtf=mtf,
-        msf_scales=msf_scales,
-        head=head,
-        num_classes=num_classes,
-        msf_width=msf_width,
-    )
+# The configurations released with the paper (all MSF over 4 scales, DeepLabv3 head).
+PRESETS: dict[str, dict[str, Any]] = {
+    "c3po_vl_cmu_cd": {"backbone": "resnet18", "mtf": "id", "msf_scales": 4, "head": "deeplabv3", "num_classes": 2},
+    "c3po_pcd_resnet18": {"backbone": "resnet18", "mtf": "iade", "msf_scales": 4, "head": "deeplabv3", "num_classes": 2},
+    "c3po_pcd_vgg16_bn": {"backbone": "vgg16_bn", "mtf": "iade", "msf_scales": 4, "head": "deeplabv3", "num_classes": 2},
+    "c3po_changesim_binary": {"backbone": "resnet18", "mtf": "iade", "msf_scales": 4, "head": "deeplabv3", "num_classes": 2},
+    # static (no change), new, missing, rotated, replaced
+    "c3po_changesim_multi": {"backbone": "resnet18", "mtf": "iade", "msf_scales": 4, "head": "deeplabv3", "num_classes": 5},
+}
 
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {"c3po": _build_c3po}
+def _baselines() -> dict[str, type[nn.Module]]:
+    try:
+        from .baselines import BASELINES
+    except ImportError:  # pragma: no cover - optional module
+        return {}
+    return dict(BASELINES)
 
 
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`."""
-    return sorted(_MODELS)
+    return sorted(["c3po", *PRESETS, *_baselines()])
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def create_model(
-    *,
-    name: str = "c3po",
-    backbone: str = "resnet18",
-    mtf: str = "iade",
-    msf_scales: int = 4,
-    head: str = "fcn",
-    num_classes: int = 2,
-    msf_width: int = 512,
-    pretrained_backbone: bool = False,
-) -> nn.Module:
-    """Build a change-segmentation model.
+def _check_c3po_args(args: dict[str, Any]) -> None:
+    if not is_backbone_name(args["backbone"]):
+        raise ValueError(
+            f"unknown backbone {args['backbone']!r}; known backbones: {', '.join(list_backbones())}, or timm:<model name>"
+        )
+    if args["head"] not in list_heads():
+        raise ValueError(f"unknown head {args['head']!r}; known heads: {', '.join(list_heads())}")
+    if args["mtf"] not in MTF_MODES:
+        raise ValueError(f"invalid MTF mode {args['mtf']!r}; valid modes: {', '.join(MTF_MODES)}")
+    if not _is_int(args["num_classes"]) or args["num_classes"] < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {args['num_classes']!r}")
+    if not _is_int(args["msf_scales"]) or args["msf_scales"] < 1:
+        raise ValueError(f"msf_scales must be a positive int, got {args['msf_scales']!r}")
+    if not _is_int(args["msf_width"]) or args["msf_width"] < 1:
+        raise ValueError(f"msf_width must be a positive int, got {args['msf_width']!r}")
+    hc = args["head_channels"]
+    if hc is not None and (not _is_int(hc) or hc < 1):
+        raise ValueError(f"head_channels must be a positive int, got {hc!r}")
 
-    All arguments are checked before any weights are built or downloaded.
+
+def _apply_segmentation_source(args: dict[str, Any], given: dict[str, Any], weights: str) -> None:
+    """A torchvision segmentation source fixes backbone, head and head width; conflicts are errors."""
+    source_name = weights.removeprefix("torchvision:")
+    spec = SEGMENTATION_SOURCES.get(source_name)
+    if spec is None:
+        raise ValueError(
+            f"unknown segmentation model {source_name!r} in weights={weights!r}; "
+            f"known: {', '.join('torchvision:' + k for k in sorted(SEGMENTATION_SOURCES))}"
+        )
+    for key, required in (("backbone", spec.backbone), ("head", spec.head), ("head_channels", spec.head_channels)):
+        if given.get(key) is not None and given[key] != required:
+            raise ValueError(f"weights={weights!r} needs {key}={required!r}, got {given[key]!r}")
+        args[key] = required
+
+
+def resolve_model_args(name: str = "c3po", **given: Any) -> dict[str, Any]:
+    """The full architecture arguments ``create_model`` would use (preset, defaults, overrides).
+
+    Builds nothing; for logging and display. Weights arguments are passed through.
+    """
+    extra = {k: given.pop(k) for k in ("weights", "weights_file", "pretrained_backbone", "storage_options") if k in given}
+    if name in _baselines():
+        args: dict[str, Any] = {"name": name, "num_classes": given.get("num_classes") or 2}
+    else:
+        args = {"name": name, **_C3PO_DEFAULTS, **PRESETS.get(name, {})}
+        args.update({k: v for k, v in given.items() if v is not None})
+        weights = extra.get("weights") or ""
+        spec = SEGMENTATION_SOURCES.get(weights.removeprefix("torchvision:")) if weights.startswith("torchvision:") else None
+        if spec is not None:
+            args.update(backbone=spec.backbone, head=spec.head, head_channels=spec.head_channels)
+    return {**args, **{k: v for k, v in extra.items() if k != "storage_options"}}
+
+
+def create_model(
+    name: str = "c3po",
+    *,
+    backbone: str | None = None,
+    mtf: str | None = None,
+    msf_scales: int | None = None,
+    head: str | None = None,
+    num_classes: int | None = None,
+    msf_width: int | None = None,
+    head_channels: int | None = None,
+    weights: str | None = None,
+    weights_file: str | None = None,
+    pretrained_backbone: bool = False,
+    storage_options: Any | None = None,
+) -> nn.Module:
+    """Build a change-segmentation model and optionally initialise it.
+
+    ``name`` is the only positional argument (``create_model("c3po", backbone=...)``).
+    Architecture arguments left as None come from the preset ``name`` (if any), else
+    the C3PO defaults. ``weights`` is None (random), ``"imagenet"``,
+    ``"torchvision:<segmentation model>"`` or a changeseg checkpoint URI (see
+    :mod:`changeseg.models.pretrained`); ``pretrained_backbone=True`` is the same as
+    ``weights="imagenet"``. All arguments are checked before weights are loaded.
 
     Raises:
-        ValueError: unknown name/backbone/head/MTF mode, or out-of-range numbers.
-        RuntimeError: ``pretrained_backbone`` and the weights cannot be obtained.
+        ValueError: unknown name/backbone/head/MTF mode/weights, or out-of-range numbers.
+        RuntimeError: weights requested but not obtainable (the message says how to
+            supply them offline).
     """
-    if name not in _MODELS:
+    given = {
+        "backbone": backbone, "mtf": mtf, "msf_scales": msf_scales, "head": head,
+        "num_classes": num_classes, "msf_width": msf_width, "head_channels": head_channels,
+    }
+    if pretrained_backbone:
+        if weights not in (None, "imagenet"):
+            raise ValueError(f"pretrained_backbone=True conflicts with weights={weights!r}")
+        weights = "imagenet"
+    baselines = _baselines()
+    if name in baselines:
+        extra = sorted(k for k, v in given.items() if v is not None and k != "num_classes")
+        if extra:
+            raise ValueError(f"model {name!r} takes only num_classes, got {', '.join(extra)}")
+        if weights in ("imagenet",) or (weights or "").startswith("torchvision:"):
+            raise ValueError(f"model {name!r} has no pretrained backbone; weights={weights!r} does not apply")
+        classes = 2 if num_classes is None else num_classes
+        if not _is_int(classes) or classes < 2:
+            raise ValueError(f"num_classes must be an int >= 2, got {classes!r}")
+        model = baselines[name](num_classes=classes)
+    elif name == "c3po" or name in PRESETS:
+        args = {**_C3PO_DEFAULTS, **PRESETS.get(name, {})}
+        args.update({k: v for k, v in given.items() if v is not None})
+        if weights and weights.startswith("torchvision:"):
+            _apply_segmentation_source(args, given, weights)
+        _check_c3po_args(args)
+        # The upper bound of msf_scales depends on the backbone's scale count; MSF checks it.
+        model = C3PO(
+            backbone=create_backbone(name=args["backbone"]),
+            mtf=args["mtf"],
+            msf_scales=args["msf_scales"],
+            head=args["head"],
+            num_classes=args["num_classes"],
+            msf_width=args["msf_width"],
+            head_channels=args["head_channels"],
+        )
+    else:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    if backbone not in list_backbones():
-        raise ValueError(f"unknown backbone {backbone!r}; known backbones: {', '.join(list_backbones())}")
-    if head not in list_heads():
-        raise ValueError(f"unknown head {head!r}; known heads: {', '.join(list_heads())}")
-    if mtf not in MTF_MODES:
-        raise ValueError(f"invalid MTF mode {mtf!r}; valid modes: {', '.join(MTF_MODES)}")
-    if not _is_int(num_classes) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-    if not _is_int(msf_scales) or msf_scales < 1:
-        raise ValueError(f"msf_scales must be a positive int, got {msf_scales!r}")
-    if not _is_int(msf_width) or msf_width < 1:
-        raise ValueError(f"msf_width must be a positive int, got {msf_width!r}")
-    # The upper bound of msf_scales depends on the backbone's scale count; MSF checks it.
-    return _MODELS[name](
-        backbone=backbone,
-        mtf=mtf,
-        msf_scales=msf_scales,
-        head=head,
-        num_classes=num_classes,
-        msf_width=msf_width,
-        pretrained_backbone=pretrained_backbone,
-    )
+    apply_weights(model, weights=weights, weights_file=weights_file, storage_options=storage_options)
+    return model
 
 
 def model_from_config(config: dict[str, Any]) -> nn.Module:
     """Rebuild the architecture saved in ``model.config`` (random weights; load the state dict next)."""
-    return create_model(**{**config, "pretrained_backbone": False})
+    return create_model(**config)

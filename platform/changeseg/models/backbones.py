@@ -2,18 +2,41 @@
 
 Every backbone follows the :class:`Backbone` contract so that the rest of the
 model (MTF, MSF, head) only needs ``channels`` and ``strides`` to size itself.
+
+Registered names:
+
+- ``resnet18``, ``resnet34``: torchvision ResNets, strides 4, 8, 16, 32.
+- ``resnet50``, ``resnet101``: with the dilated last two stages that torchvision's
+  segmentation models use (strides 4, 8, 8, 8), so their weights transplant 1:1.
+- ``vgg16_bn``: the outputs of pools 2-5 (strides 4, 8, 16, 32).
+- ``mobilenet_v2``: strides 4, 8, 16, 32 (the last block, 320 channels).
+- ``mobilenet_v3_large``: dilated like torchvision's ``deeplabv3_mobilenet_v3_large``
+  (strides 4, 8, 16, 16; the last map is its 960-channel output).
+- ``swin_t``: torchvision Swin-T stages (strides 4, 8, 16, 32).
+- ``efficientnet_lite0``: timm's EfficientNet-Lite0 (strides 4, 8, 16, 32).
+- ``timm:<name>``: any timm model that supports ``features_only`` (its last 4 scales).
+
+Weights are not chosen here: :mod:`changeseg.models.pretrained` loads ImageNet,
+segmentation or checkpoint weights into a freshly built backbone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torchvision
 from torch import Tensor, nn
-from torchvision.models import ResNet18_Weights, ResNet34_Weights
 
-__all__ = ["Backbone", "ResNetBackbone", "create_backbone", "list_backbones"]
+__all__ = [
+    "Backbone",
+    "SequentialBackbone",
+    "ResNetBackbone",
+    "SwinBackbone",
+    "TimmBackbone",
+    "create_backbone",
+    "list_backbones",
+]
 
 
 class Backbone(nn.Module):
@@ -24,7 +47,8 @@ class Backbone(nn.Module):
         channels: channels of each returned feature map, finest first.
         strides: downsampling factor of each feature map, finest first.
 
-    ``forward(x)`` returns one feature map per scale, finest first.
+    ``forward(x)`` takes an ImageNet-normalised batch and returns one feature map per
+    scale, finest first, as ``(N, C, H, W)`` tensors.
     """
 
     name: str
@@ -34,9 +58,30 @@ class Backbone(nn.Module):
     def forward(self, x: Tensor) -> list[Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def map_key(self, key: str, *, source: str) -> str | None:
+        """This backbone's state-dict key for ``key`` of a foreign state dict, or None to skip it.
+
+        ``source`` is ``"classification"`` (a torchvision/timm classification model's
+        own keys) or ``"segmentation"`` (a torchvision segmentation model, whose
+        backbone keys start with ``backbone.``).
+        """
+        if source == "segmentation":
+            return key.removeprefix("backbone.") if key.startswith("backbone.") else None
+        return key
+
+
+def _measure(backbone: Backbone) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Channels and strides from one small forward pass (exact for dilated stages too)."""
+    was_training = backbone.training
+    size = 64
+    with torch.no_grad():
+        feats = backbone.eval()(torch.zeros(1, 3, size, size))
+    backbone.train(was_training)
+    return tuple(int(f.shape[1]) for f in feats), tuple(size // int(f.shape[-1]) for f in feats)
+
 
 class ResNetBackbone(Backbone):
-    """torchvision ResNet cut after layer1..layer4 (strides 4, 8, 16, 32).
+    """torchvision ResNet cut after layer1..layer4.
 
     avgpool and fc are dropped: they are classification-only and would hold
     unused parameters (and unused-parameter errors under DDP).
@@ -48,74 +93,169 @@ class ResNetBackbone(Backbone):
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2 = net.layer1, net.layer2
         self.layer3, self.layer4 = net.layer3, net.layer4
-        # Channels read from the layers themselves so BasicBlock and
-        # Bottleneck variants both come out right.
-        self.channels = tuple(_out_channels(layer) for layer in self._layers())
-        self.strides = (4, 8, 16, 32)
-
-    def _layers(self) -> tuple[nn.Module, ...]:
-        return (self.layer1, self.layer2, self.layer3, self.layer4)
+        self.channels, self.strides = _measure(self)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.stem(x)
         features = []
-        for layer in self._layers():
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = layer(x)
             features.append(x)
         return features
 
-
-def _out_channels(layer: nn.Module) -> int:
-    last_block = list(layer.children())[-1]
-    bn = last_block.bn3 if hasattr(last_block, "bn3") else last_block.bn2
-    return bn.num_features
-
-
-# name -> (torchvision constructor, ImageNet weights used when pretrained=True)
-_RESNETS: dict[str, tuple[Callable[..., torchvision.models.ResNet], torchvision.models.WeightsEnum]] = {
-    "resnet18": (torchvision.models.resnet18, ResNet18_Weights.IMAGENET1K_V1),
-    "resnet34": (torchvision.models.resnet34, ResNet34_Weights.IMAGENET1K_V1),
-}
+    def map_key(self, key: str, *, source: str) -> str | None:
+        key = super().map_key(key, source=source)
+        if key is None or key.startswith("fc."):
+            return None
+        for prefix, ours in (("conv1.", "stem.0."), ("bn1.", "stem.1.")):
+            if key.startswith(prefix):
+                return ours + key[len(prefix):]
+        return key
 
 
-def _build_resnet(name: str, pretrained: bool) -> Backbone:
-    constructor, weights = _RESNETS[name]
-    if not pretrained:
-        return ResNetBackbone(constructor(weights=None), name=name)
-    try:
-        # torchvision's own loader: uses $TORCH_HOME/hub/checkpoints if the
-        # file is there, otherwise downloads (and checks the hash).
-        net = constructor(weights=weights, progress=False)
-    except Exception as exc:  # no network, bad proxy, truncated file, ...
-        cache_dir = f"{torch.hub.get_dir()}/checkpoints"
-        filename = weights.url.rsplit("/", 1)[-1]
-        raise RuntimeError(
-            f"could not load pretrained {name} weights ({type(exc).__name__}: {exc}). "
-            f"Download {weights.url} and place it as {cache_dir}/{filename} "
-            f"(i.e. in $TORCH_HOME/hub/checkpoints/) to use it offline."
-        ) from exc
-    return ResNetBackbone(net, name=name)
+class SequentialBackbone(Backbone):
+    """A torchvision ``features`` Sequential cut into stages at fixed indices.
+
+    ``self.features`` keeps torchvision's own module names, so classification
+    (``features.N.*``) and segmentation (``backbone.N.*``) state dicts map directly.
+    """
+
+    def __init__(self, features: nn.Sequential, *, ends: Sequence[int], name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.features = features[: ends[-1]]
+        self.ends = tuple(ends)
+        self.channels, self.strides = _measure(self)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        out, start = [], 0
+        for end in self.ends:
+            for i in range(start, end):
+                x = self.features[i](x)
+            out.append(x)
+            start = end
+        return out
+
+    def map_key(self, key: str, *, source: str) -> str | None:
+        if source == "segmentation":
+            return "features." + key.removeprefix("backbone.") if key.startswith("backbone.") else None
+        return key if key.startswith("features.") and int(key.split(".")[1]) < self.ends[-1] else None
 
 
-_BACKBONES: dict[str, Callable[[str, bool], Backbone]] = {
-    "resnet18": _build_resnet,
-    "resnet34": _build_resnet,
+class SwinBackbone(SequentialBackbone):
+    """torchvision Swin: channels-last stages returned as ``(N, C, H, W)``."""
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return [f.permute(0, 3, 1, 2) for f in super().forward(x)]
+
+
+class TimmBackbone(Backbone):
+    """Any timm model built with ``features_only=True`` (its last four scales)."""
+
+    def __init__(self, model_name: str, *, name: str, pretrained: bool = False, pretrained_file: str | None = None) -> None:
+        """``pretrained`` uses timm's own loader (its hub cache, or ``pretrained_file``)."""
+        super().__init__()
+        import timm
+
+        self.name = name
+        self.model_name = model_name
+        probe = timm.create_model(model_name, pretrained=False, features_only=True)
+        count = len(probe.feature_info.channels())
+        indices = tuple(range(max(0, count - 4), count))
+        kwargs: dict = {"features_only": True, "out_indices": indices}
+        if pretrained_file:
+            kwargs["pretrained_cfg_overlay"] = {"file": pretrained_file}
+        self.net = timm.create_model(model_name, pretrained=pretrained, **kwargs)
+        self.channels = tuple(int(c) for c in self.net.feature_info.channels())
+        self.strides = tuple(int(r) for r in self.net.feature_info.reduction())
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        feats = list(self.net(x))
+        if feats and feats[0].shape[1] != self.channels[0]:  # a few timm models return NHWC
+            feats = [f.permute(0, 3, 1, 2) for f in feats]
+        return feats
+
+    def map_key(self, key: str, *, source: str) -> str | None:
+        if source == "segmentation":
+            return None
+        return "net." + key
+
+
+def _resnet(name: str) -> Backbone:
+    constructor = getattr(torchvision.models, name)
+    # Dilated like torchvision's fcn_/deeplabv3_resnet50/101, so transplanted
+    # segmentation weights see the receptive fields they were trained with.
+    dilation = [False, True, True] if name in ("resnet50", "resnet101") else None
+    return ResNetBackbone(constructor(weights=None, replace_stride_with_dilation=dilation), name=name)
+
+
+def _vgg16_bn(name: str) -> Backbone:
+    features = torchvision.models.vgg16_bn(weights=None).features
+    pools = [i + 1 for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]
+    return SequentialBackbone(features, ends=pools[1:], name=name)
+
+
+def _mobilenet_v2(name: str) -> Backbone:
+    features = torchvision.models.mobilenet_v2(weights=None).features
+    return SequentialBackbone(features, ends=(4, 7, 14, 18), name=name)
+
+
+def _mobilenet_v3_large(name: str) -> Backbone:
+    features = torchvision.models.mobilenet_v3_large(weights=None, dilated=True).features
+    return SequentialBackbone(features, ends=(4, 7, 13, len(features)), name=name)
+
+
+def _swin_t(name: str) -> Backbone:
+    features = torchvision.models.swin_t(weights=None).features
+    return SwinBackbone(features, ends=(2, 4, 6, 8), name=name)
+
+
+def _timm(name: str) -> Backbone:
+    return TimmBackbone(name.removeprefix("timm:"), name=name)
+
+
+_BACKBONES: dict[str, Callable[[str], Backbone]] = {
+    "resnet18": _resnet,
+    "resnet34": _resnet,
+    "resnet50": _resnet,
+    "resnet101": _resnet,
+    "vgg16_bn": _vgg16_bn,
+    "mobilenet_v2": _mobilenet_v2,
+    "mobilenet_v3_large": _mobilenet_v3_large,
+    "swin_t": _swin_t,
+    "efficientnet_lite0": lambda name: TimmBackbone("efficientnet_lite0", name=name),
 }
 
 
 def list_backbones() -> list[str]:
-    """Names accepted by :func:`create_backbone`."""
+    """Names accepted by :func:`create_backbone` (plus ``timm:<any features_only model>``)."""
     return sorted(_BACKBONES)
+
+
+def is_backbone_name(name: str) -> bool:
+    return name in _BACKBONES or (name.startswith("timm:") and len(name) > len("timm:"))
 
 
 def create_backbone(*, name: str, pretrained: bool = False) -> Backbone:
     """Build a registered backbone; ``pretrained`` loads ImageNet weights.
 
     Raises:
-        ValueError: unknown ``name``.
+        ValueError: unknown ``name`` (or a timm model without ``features_only``).
         RuntimeError: pretrained weights requested but not obtainable.
     """
-    builder = _BACKBONES.get(name)
-    if builder is None:
-        raise ValueError(f"unknown backbone {name!r}; known backbones: {', '.join(list_backbones())}")
-    return builder(name, pretrained)
+    if not is_backbone_name(name):
+        raise ValueError(
+            f"unknown backbone {name!r}; known backbones: {', '.join(list_backbones())}, or timm:<model name>"
+        )
+    if name.startswith("timm:"):
+        try:
+            backbone = _timm(name)
+        except RuntimeError as err:  # timm: unknown model, or no features_only support
+            raise ValueError(f"backbone {name!r}: {err}") from None
+    else:
+        backbone = _BACKBONES[name](name)
+    if pretrained:
+        from .pretrained import load_imagenet_weights
+
+        load_imagenet_weights(backbone)
+    return backbone

@@ -33,7 +33,9 @@ class C3PO(nn.Module):
         msf_scales: how many of the coarsest backbone scales are fused (one MTF each).
         head: head name (``fcn`` or ``deeplabv3``).
         num_classes: output classes (2 for binary change).
-        msf_width: channels inside MSF and into the head.
+        msf_width: channels inside MSF.
+        head_channels: channels from MSF into the head (default ``msf_width``); a head
+            transplanted from a segmentation model needs its own input width here.
     """
 
     def __init__(
@@ -45,15 +47,16 @@ class C3PO(nn.Module):
         head: str,
         num_classes: int,
         msf_width: int = 512,
+        head_channels: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
         self.backbone = backbone
         # MSF validates msf_scales against the backbone before anything else uses it.
-        self.msf = MSF(backbone.channels, num_scales=msf_scales, width=msf_width)
+        self.msf = MSF(backbone.channels, num_scales=msf_scales, width=msf_width, out_channels=head_channels)
         self.mtf = nn.ModuleList(MTF(c, mtf) for c in backbone.channels[-msf_scales:])
-        self.head = create_head(name=head, in_channels=msf_width, num_classes=num_classes)
+        self.head = create_head(name=head, in_channels=self.msf.out_channels, num_classes=num_classes)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.num_classes = num_classes
@@ -68,6 +71,8 @@ class C3PO(nn.Module):
             "num_classes": num_classes,
             "msf_width": msf_width,
         }
+        if head_channels is not None and head_channels != msf_width:
+            self.config["head_channels"] = head_channels
 
     def forward(self, t0: Tensor, t1: Tensor) -> Tensor:
         """Change logits ``(N, num_classes, H, W)`` for images t0, t1 ``(N, 3, H, W)`` in [0, 1]."""
@@ -95,7 +100,7 @@ class C3PO(nn.Module):
             else:
                 out = mtf(f0, f1)
             fused.append(out)
-        # The head works on the finest backbone scale (1/4) whatever scales are fused.
+        # The head works on the finest backbone scale whatever scales are fused.
         merged = self.msf(fused, size=feats0[0].shape[-2:])
         logits = self.head(merged)
         logits = F.interpolate(logits, size=t0.shape[-2:], mode="bilinear", align_corners=False)

@@ -24,10 +24,13 @@ class MSF(nn.Module):
     Args:
         in_channels: channels of every backbone scale, finest first.
         num_scales: how many of the coarsest scales to use (1..len(in_channels)).
-        width: channels of the inner maps and of the output.
+        width: channels of the inner maps.
+        out_channels: channels of the output (default ``width``).
     """
 
-    def __init__(self, in_channels: Sequence[int], *, num_scales: int = 4, width: int = 512) -> None:
+    def __init__(
+        self, in_channels: Sequence[int], *, num_scales: int = 4, width: int = 512, out_channels: int | None = None
+    ) -> None:
         super().__init__()
         in_channels = tuple(int(c) for c in in_channels)
         if not 1 <= num_scales <= len(in_channels):
@@ -37,7 +40,9 @@ class MSF(nn.Module):
         self.in_channels = in_channels
         self.num_scales = num_scales
         self.used_channels = in_channels[-num_scales:]
-        self.out_channels = width
+        self.out_channels = out_channels = width if out_channels is None else out_channels
+        if out_channels < 1:
+            raise ValueError(f"out_channels must be >= 1, got {out_channels!r}")
         self.inner = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, width, 1), nn.ReLU(inplace=True)) for c in self.used_channels
         )
@@ -46,13 +51,13 @@ class MSF(nn.Module):
             for _ in self.used_channels
         )
         self.reduce = nn.Sequential(
-            nn.Conv2d(width * num_scales, width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(width),
+            nn.Conv2d(width * num_scales, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
 
     def forward(self, features: Sequence[Tensor], *, size: tuple[int, int] | None = None) -> Tensor:
-        """Merge ``features`` (finest first) into one ``width``-channel map.
+        """Merge ``features`` (finest first) into one ``out_channels``-channel map.
 
         ``features`` is either every backbone scale (the coarsest
         ``num_scales`` are used) or only the used scales. The output has the

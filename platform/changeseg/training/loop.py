@@ -15,6 +15,7 @@ from torch import nn
 
 from changeseg.config import Config
 from changeseg.data.decode import load_pair, to_model_input
+from changeseg.data.pipeline import load_options
 from changeseg.metrics import ChangeMetrics, all_reduce_
 from changeseg.models import create_model
 from changeseg.models.weights import WEIGHTS_FILE, save_checkpoint
@@ -47,12 +48,12 @@ def evaluate_records(
 
     Returns the metric accumulator, the summed loss and the number of pairs.
     """
-    metrics = ChangeMetrics(num_classes=cfg.model.num_classes, ignore_index=cfg.data.ignore_index)
+    metrics = ChangeMetrics(num_classes=cfg.model.resolved_num_classes(), ignore_index=cfg.data.ignore_index)
     loss_sum = 0.0
     model.eval()
     with torch.inference_mode():
         for row in rows:
-            sample = load_pair(row, mask_values=cfg.data.mask_values, storage_options=cfg.storage)
+            sample = load_pair(row, **load_options(cfg))
             t0 = to_model_input(torch.from_numpy(sample["t0"])[None]).to(device)
             t1 = to_model_input(torch.from_numpy(sample["t1"])[None]).to(device)
             target = torch.from_numpy(sample["mask"]).long()[None].to(device)
@@ -80,7 +81,7 @@ def train_loop_per_worker(params: dict[str, Any]) -> None:
     torch.manual_seed(cfg.run.seed + rank)
     np.random.seed(cfg.run.seed + rank)
 
-    model = create_model(**cfg.model.factory_kwargs())
+    model = create_model(**cfg.model.factory_kwargs(), storage_options=cfg.storage)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     steps_per_epoch = int(params["steps_per_epoch"])
     total_steps = steps_per_epoch * cfg.train.epochs

@@ -13,7 +13,8 @@ from typing import Any
 
 from changeseg import storage
 from changeseg.config import Config
-from changeseg.data.pipeline import count_change_pixels, pair_dataset, plan_datasets, records_to_rows
+from changeseg.data.pipeline import count_change_pixels, pair_dataset, plan_datasets, records_to_rows, screen_plan
+from changeseg.models import create_model
 from changeseg.training.losses import class_weights_from_counts
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ class FinetuneResult:
     class_weights: list[float] | None
     seconds: float
     registered: dict[str, Any] = field(default_factory=dict)
+    # Pairs left out as unusable: (pair id, reason); also the MLflow metric data_skipped_pairs.
+    skipped_pairs: list[tuple[str, str]] = field(default_factory=list)
 
 
 def local_num_cpus(cfg: Config) -> int:
@@ -83,15 +86,15 @@ def resolve_class_weights(cfg: Config, plan) -> list[float] | None:
     if spec == "none":
         return None
     if isinstance(spec, list):
-        if len(spec) != cfg.model.num_classes:
+        if len(spec) != cfg.model.resolved_num_classes():
             raise ValueError(
-                f"train.class_weights has {len(spec)} values but model.num_classes is {cfg.model.num_classes}"
+                f"train.class_weights has {len(spec)} values but model.num_classes is {cfg.model.resolved_num_classes()}"
             )
         return [float(w) for w in spec]
-    if cfg.model.num_classes != 2:
+    if cfg.model.resolved_num_classes() != 2:
         # The paper leaves multi-class (ChangeSim) training unweighted.
         return None
-    changed, unchanged = count_change_pixels(plan.train, cfg)
+    changed, unchanged = plan.train_pixels or count_change_pixels(plan.train, cfg)
     power = 0.5 if spec == "sqrt" else 1.0
     return class_weights_from_counts(changed=changed, unchanged=unchanged, power=power).tolist()
 
@@ -112,12 +115,17 @@ def finetune(cfg: Config) -> FinetuneResult:
     started = time.perf_counter()
     plan = plan_datasets(cfg)
     steps_per_epoch = check_feasible(cfg, train_pairs=len(plan.train))
+    # Built once here so a bad architecture or unobtainable weights fail before Ray starts.
+    create_model(**cfg.model.factory_kwargs(), storage_options=cfg.storage)
     init_ray(cfg)
+    plan = screen_plan(plan, cfg)
+    steps_per_epoch = check_feasible(cfg, train_pairs=len(plan.train))
     weights = resolve_class_weights(cfg, plan)
     log.info("data: %d train / %d val pairs from %s; class weights %s", len(plan.train), len(plan.val), plan.source, weights)
 
     run = tracking.start_or_resume_run(cfg)
     tracking.log_run_inputs(cfg, run_id=run.run_id, train_pairs=len(plan.train), val_pairs=len(plan.val), class_weights=weights)
+    tracking.client_for(cfg.resolved_tracking_uri()).log_metric(run.run_id, "data_skipped_pairs", len(plan.skipped))
 
     # Per-epoch lines from the tracking callback are the progress report; Ray Data's
     # per-operator bars would repeat every second for every epoch.
@@ -191,5 +199,6 @@ def finetune(cfg: Config) -> FinetuneResult:
         class_weights=weights,
         seconds=time.perf_counter() - started,
         registered=registered,
+        skipped_pairs=plan.skipped,
     )
 

@@ -1,0 +1,138 @@
+"""Turning request bytes into image pairs, refusing bad input with a clear 4xx.
+
+Everything here runs in the API replica before a model is touched, so a malformed
+request costs a JSON error and never a model replica. Images are decoded by Pillow
+from their encoded bytes; nothing from a request is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import posixpath
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from changeseg import storage
+from changeseg.config import ServeSection, StorageSection
+
+
+class RequestError(Exception):
+    """A request the service refuses; ``status`` is the HTTP code, ``code`` a stable name."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def to_json(self) -> dict:
+        return {"error": {"status": self.status, "code": self.code, "message": self.message}}
+
+
+def decode_request_image(data: bytes, *, field: str, max_pixels: int, min_side: int = 1) -> np.ndarray:
+    """Encoded bytes -> RGB uint8 (H, W, 3), with the size checked before pixels are decoded.
+
+    Pillow reads only the header on ``open``, so a small file that claims a huge size
+    (a decompression bomb) is refused before any memory is spent on it.
+    """
+    if not data:
+        raise RequestError(422, "empty_image", f"{field}: the image is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise RequestError(
+                        413, "image_too_large", f"{field}: {width}x{height} pixels is more than the limit of {max_pixels}"
+                    )
+                if min(width, height) < min_side:
+                    raise RequestError(422, "image_too_small", f"{field}: {width}x{height} is smaller than {min_side} pixels a side")
+                img.load()
+                return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except RequestError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise RequestError(413, "image_too_large", f"{field}: the image is larger than the pixel limit of {max_pixels}") from None
+    except UnidentifiedImageError:
+        raise RequestError(422, "not_an_image", f"{field}: the bytes are not an image format this service reads") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as err:
+        # Truncated or corrupt data surfaces as one of these from the decoders.
+        raise RequestError(422, "corrupt_image", f"{field}: the image could not be decoded ({err})") from None
+
+
+def header_pixels(data: bytes) -> float:
+    """Pixels an encoded image declares in its header; infinity when unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as img:
+                return img.size[0] * img.size[1]
+    except Exception:  # any unreadable header: the full decode reports the reason
+        return float("inf")
+
+
+def decode_base64(text: str, *, field: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(422, "bad_base64", f"{field}.data is not valid base64") from None
+
+
+def _normalised(uri: str) -> str:
+    """Collapse ``..`` and duplicate slashes so a prefix check cannot be walked around."""
+    if storage.is_remote(uri):
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://{posixpath.normpath('/' + rest).lstrip('/')}"
+    return str(Path(uri.removeprefix("file://")).resolve())
+
+
+def read_uri(uri: str, *, field: str, settings: ServeSection, storage_options: StorageSection | None) -> bytes:
+    """Read an image a request names by URI, only under ``settings.allowed_uri_prefixes``."""
+    import pyarrow.fs as pafs
+
+    target = _normalised(uri)
+    allowed = [_normalised(p) for p in settings.allowed_uri_prefixes]
+    if not any(target == p or target.startswith(p.rstrip("/") + "/") for p in allowed):
+        raise RequestError(403, "uri_not_allowed", f"{field}.uri is not under a storage prefix this service may read")
+    try:
+        fs, path = storage.filesystem_for(target, storage_options)
+        info = fs.get_file_info(path)
+        if info.type != pafs.FileType.File:
+            raise RequestError(404, "uri_not_found", f"{field}.uri does not name a file: {uri}")
+        if info.size is not None and info.size > settings.max_body_bytes:
+            raise RequestError(413, "image_too_large", f"{field}.uri: {info.size} bytes is more than the limit of {settings.max_body_bytes}")
+        return storage.read_bytes(target, storage_options)
+    except RequestError:
+        raise
+    except (OSError, ValueError) as err:
+        raise RequestError(422, "uri_unreadable", f"{field}.uri could not be read: {err}") from None
+
+
+def match_sizes(t0: np.ndarray, t1: np.ndarray, *, policy: str) -> np.ndarray:
+    """t1 as the model will see it: t0's size, resized (bilinear) or refused."""
+    if t0.shape == t1.shape:
+        return t1
+    if policy == "reject":
+        raise RequestError(
+            422, "size_mismatch", f"t0 is {t0.shape[1]}x{t0.shape[0]} but t1 is {t1.shape[1]}x{t1.shape[0]} (width x height)"
+        )
+    resized = Image.fromarray(t1).resize((t0.shape[1], t0.shape[0]), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def parse_flag(value, *, field: str) -> bool:
+    """A form or JSON flag: true/false, 1/0, yes/no."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise RequestError(422, "bad_field", f"{field} must be true or false, got {value!r}")

@@ -1,0 +1,128 @@
+"""Deploying serve/config.yaml from Python, the way ``serve run`` does: demo, tests, benchmark.
+
+The file is validated as Ray's ``ServeDeploySchema`` and applied by the Serve
+controller, which imports the application from its ``import_path`` and applies each
+deployment's options (replicas, autoscaling, queue limits, GPUs) from the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+APP_NAME = "changeseg"
+# serve/config.yaml of a source checkout (platform/changeseg/serving -> repository root).
+DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "serve" / "config.yaml"
+
+
+def load_deploy_config(
+    path: str | Path,
+    *,
+    port: int | None = None,
+    args: dict[str, Any] | None = None,
+    deployments: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """serve/config.yaml as a dict, with the HTTP port, the application's changeseg
+    config sections (``args``, merged per section) and deployment options replaced."""
+    data = yaml.safe_load(Path(path).read_text())
+    data = copy.deepcopy(data)
+    if port is not None:
+        data.setdefault("http_options", {})["port"] = int(port)
+    app = data["applications"][0]
+    merged = app.setdefault("args", {}) or {}
+    for section, values in (args or {}).items():
+        merged[section] = {**merged.get(section, {}), **values} if isinstance(values, dict) else values
+    app["args"] = merged
+    for entry in app.get("deployments", []):
+        entry.update((deployments or {}).get(entry["name"], {}))
+    return data
+
+
+def deploy(config: dict[str, Any], *, timeout_s: float = 120.0, wait: bool = True) -> str:
+    """Start Serve with the file's HTTP options (if not running) and apply the file;
+    with ``wait``, block until the application runs. Returns the base URL."""
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    client = serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
+    client.deploy_apps(schema)
+    if wait:
+        wait_running({app.name for app in schema.applications}, timeout_s=timeout_s)
+    http = schema.http_options
+    return f"http://{http.host}:{http.port}"
+
+
+def wait_running(names: set[str], *, timeout_s: float = 120.0) -> None:
+    """Block until every named application is RUNNING; raise if one fails to deploy."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        apps = serve.status().applications
+        states = {name: apps[name] for name in names if name in apps}
+        if len(states) == len(names) and all(a.status == "RUNNING" for a in states.values()):
+            return
+        failed = {n: a.message for n, a in states.items() if a.status in ("DEPLOY_FAILED", "UNHEALTHY")}
+        if failed:
+            raise RuntimeError(f"Serve application failed to deploy: {failed}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Serve application not running after {timeout_s} s: { {n: a.status for n, a in states.items()} }")
+        time.sleep(0.25)
+
+
+def shutdown() -> None:
+    from ray import serve
+
+    serve.shutdown()
+
+
+def serve_one_request(cfg, *, t0, t1, tracking_uri: str | None = None, config_path: str | Path = DEFAULT_CONFIG, timeout_s: float = 180.0) -> dict[str, Any]:
+    """Serve ``cfg``'s registered model (its alias) from serve/config.yaml on a free
+    loopback port, send it one pair over HTTP, shut Serve down; returns the answer
+    without the PNGs, plus the round-trip time."""
+    import base64
+    import io
+    import socket
+
+    import requests
+    from PIL import Image
+
+    from changeseg.training.trainer import init_ray
+
+    def png(array) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(array).save(buf, format="PNG")
+        return buf.getvalue()
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    tracking = {
+        "tracking_uri": tracking_uri or cfg.resolved_tracking_uri(),
+        "registered_model": cfg.tracking.registered_model,
+        "alias": cfg.tracking.alias,
+    }
+    init_ray(cfg)
+    try:
+        url = deploy(load_deploy_config(config_path, port=port, args={"tracking": tracking}), timeout_s=timeout_s)
+        requests.get(f"{url}/readyz", timeout=timeout_s).raise_for_status()  # loads the model
+        body = {"t0": {"data": base64.b64encode(png(t0)).decode()}, "t1": {"data": base64.b64encode(png(t1)).decode()}}
+        start = time.perf_counter()
+        response = requests.post(f"{url}/v1/detect", json=body, timeout=timeout_s)
+        elapsed_ms = 1000 * (time.perf_counter() - start)
+        response.raise_for_status()
+    finally:
+        shutdown()
+    answer = response.json()
+    return {
+        "url": f"{url}/v1/detect",
+        "model": answer["model"],
+        "summary": {k: v for k, v in answer["summary"].items() if k != "regions"} | {"regions": answer["summary"]["regions"][:5]},
+        "timings_ms": answer["timings_ms"],
+        "round_trip_ms": round(elapsed_ms, 1),
+    }
