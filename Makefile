@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench clean stack stack-down
 
 install: $(STAMP)
 
@@ -31,6 +31,17 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_model.py
 	$(BIN)/python benchmarks/bench_train_loop.py
 	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_zoo.py
+	$(BIN)/python benchmarks/bench_score.py
+	$(BIN)/python benchmarks/bench_serve.py
+
+# A Ray head + a second Ray node, MLflow (SQLite, artifacts on S3) and a loopback S3 server,
+# all on 127.0.0.1 (infra/local/stack.py); `source .stack/env` points clients at it.
+stack: $(STAMP)
+	$(BIN)/python infra/local/stack.py up
+
+stack-down:
+	$(BIN)/python infra/local/stack.py down
 
 clean:
 	rm -rf demo_output .changeseg runs mlflow.db .pytest_cache

@@ -103,7 +103,10 @@ def run_one(pairs: int, size: int, width: int) -> dict:
         torch.manual_seed(0)
         model = create_model(msf_width=width)
         model_dir = save_checkpoint(tmp / "model", model)
-        cfg = build_config(overrides=["score.batch_size=4", "score.max_actors=1", "score.flush_rows=64", "ray.num_cpus=4"])
+        # One actor with every core, as the bare loop has; decoding tasks share the cores.
+        cores = os.cpu_count() or 1
+        cfg = build_config(overrides=["score.batch_size=4", "score.max_actors=1", "score.flush_rows=64",
+                                      f"score.cpus_per_actor={cores}", f"ray.num_cpus={cores + 2}"])
         peak = [0]
         stop = threading.Event()
 
@@ -127,6 +130,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--width", type=int, default=128, help="MSF width of the scored model")
     parser.add_argument("--memory-pairs", type=int, default=100, help="N for the memory comparison (and 10 N)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory comparison")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -143,6 +147,8 @@ def main() -> None:
     print(f"batch_score steady state:                        {out['steady']:.2f} pairs/s  ratio {out['steady'] / bare:.2f}")
     print(f"batch_score end to end (incl. Ray start-up):      {out['end_to_end']:.2f} pairs/s  ratio {out['end_to_end'] / bare:.2f}")
 
+    if args.no_memory:
+        return
     peaks = []
     for n in (args.memory_pairs, 10 * args.memory_pairs):
         done = subprocess.run([sys.executable, __file__, "--one", str(n)], capture_output=True, text=True, check=True)

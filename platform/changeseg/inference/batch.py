@@ -167,6 +167,9 @@ class _Scorer:
         self.output = output_uri
         self.info = info
         self.device = torch.device("cuda" if self.cfg.score.num_gpus > 0 and torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":
+            # One intra-op thread per CPU the actor reserved (Ray's default is one in total).
+            torch.set_num_threads(max(1, int(self.cfg.score.cpus_per_actor)))
         model = model_from_config(json.loads(checkpoint["config"]))
         model.load_state_dict(load_safetensors(checkpoint["weights"]))
         self.model = model.to(self.device).eval()
@@ -204,7 +207,6 @@ class _Scorer:
     def __call__(self, batch: dict) -> dict:
         import torch
 
-        from changeseg.data.decode import encode_png
         from changeseg.inference.regions import summarize_mask
         from changeseg.metrics import ChangeMetrics
 
@@ -236,12 +238,12 @@ class _Scorer:
                     summary = summarize_mask(pred, ignore_index=None, min_area=score.min_region_area, max_regions=score.max_regions)
                     mask_uri = storage.join(self.output, "masks", f"{pid}.png")
                     # 0/255 for binary change so the PNG is viewable; class ids otherwise.
-                    storage.write_bytes(mask_uri, encode_png(pred * 255 if self.num_classes == 2 else pred), self.cfg.storage)
+                    storage.write_bytes(mask_uri, _png(pred * 255 if self.num_classes == 2 else pred), self.cfg.storage)
                     prob_uri = None
                     if score.write_probabilities:
                         change = 1.0 - probs[0]  # probability of any change
                         prob_uri = storage.join(self.output, "probabilities", f"{pid}.png")
-                        storage.write_bytes(prob_uri, encode_png(np.round(change * 255).astype(np.uint8)), self.cfg.storage)
+                        storage.write_bytes(prob_uri, _png(np.round(change * 255).astype(np.uint8)), self.cfg.storage)
                     state = None
                     if row["has_truth"]:
                         metrics = ChangeMetrics(num_classes=self.num_classes, ignore_index=self.cfg.data.ignore_index)
@@ -260,6 +262,17 @@ class _Scorer:
 
 
 # --- the driver ----------------------------------------------------------------------
+
+
+def _png(array: np.ndarray) -> bytes:
+    """PNG with fast compression: masks compress well anyway, and encoding sits on the model's path."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
 
 
 class _ResultWriter:
