@@ -123,7 +123,12 @@ def test_dataset_recipes_load_with_the_papers_optimisation(name):
     cfg = load_config(Path(__file__).resolve().parents[1] / "jobs" / "configs" / f"{name}.yaml")
     assert cfg.train.lr == 1e-4 and cfg.train.epochs == 100
     assert cfg.train.batch_size * cfg.train.num_workers == 16
-    assert cfg.model.backbone == "resnet18"
+    from changeseg.models import resolve_model_args
+
+    arch = resolve_model_args(**cfg.model.factory_kwargs())
+    expected_mtf = {"vl_cmu_cd": "id"}.get(name, "iade")
+    assert (arch["backbone"], arch["mtf"], arch["msf_scales"], arch["head"]) == ("resnet18", expected_mtf, 4, "deeplabv3")
+    assert arch["num_classes"] == (5 if name == "changesim" else 2) and arch["weights"] == "imagenet"
     sizes = {"vl_cmu_cd": (512, 512), "pcd": (256, 1024), "changesim": (256, 256), "levir_cd": None}
     assert (tuple(cfg.data.resize) if cfg.data.resize else None) == sizes[name]
     assert cfg.data.crop_size == {"pcd": 256, "levir_cd": 256}.get(name)
