@@ -42,12 +42,22 @@ def load_deploy_config(
     return data
 
 
+# serve/app.py only re-exports this builder; importing it from the installed package
+# works whatever folder the caller runs in (serve/ is only importable from the checkout).
+CHECKOUT_IMPORT_PATH = "serve.app:app"
+LIBRARY_IMPORT_PATH = "changeseg.serving:build_app"
+
+
 def deploy(config: dict[str, Any], *, timeout_s: float = 120.0, wait: bool = True) -> str:
     """Start Serve with the file's HTTP options (if not running) and apply the file;
     with ``wait``, block until the application runs. Returns the base URL."""
     from ray.serve._private.api import serve_start
     from ray.serve.schema import ServeDeploySchema
 
+    config = copy.deepcopy(config)
+    for app in config.get("applications", []):
+        if app.get("import_path") == CHECKOUT_IMPORT_PATH:
+            app["import_path"] = LIBRARY_IMPORT_PATH
     schema = ServeDeploySchema.model_validate(config)
     client = serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
     client.deploy_apps(schema)
