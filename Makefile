@@ -36,7 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_serve.py
 
 # A Ray head + a second Ray node, MLflow (SQLite, artifacts on S3) and a loopback S3 server,
-# all on 127.0.0.1 (infra/local/stack.py); `source .stack/env` points clients at it.
+# endpoints on 127.0.0.1 (infra/local/stack.py); `source .stack/env` points clients at it.
 stack: $(STAMP)
 	$(BIN)/python infra/local/stack.py up
 

@@ -1,4 +1,5 @@
-"""End-to-end: real `ray start` + `ray job submit`, and resume after a killed run."""
+"""End-to-end: resume after a killed run (`ray job submit` onto a `ray start` cluster is
+covered by tests/test_stack.py on the two-node local stack)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,10 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-
-from helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -41,33 +39,6 @@ def _env(**extra) -> dict:
     return env
 
 
-@pytest.fixture
-def ray_head(tmp_path):
-    """A real Ray head started with `ray start --head`, token authentication on."""
-    token = uuid.uuid4().hex
-    env = _env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
-    port, dashboard = free_port(), free_port()
-    temp_dir = Path("/tmp") / f"cs-e2e-{uuid.uuid4().hex[:8]}"
-    start = [
-        str(BIN / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-        "--num-cpus=6", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
-        # Ports of its own, so it can run beside the session's local Ray instance.
-        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-        f"--metrics-export-port={free_port()}", f"--ray-client-server-port={free_port()}",
-        f"--runtime-env-agent-port={free_port()}",
-    ]
-    # A session of its own: every process of this cluster shares its process group, so
-    # teardown stops exactly this cluster (`ray stop` would stop every Ray on the machine).
-    proc = subprocess.Popen(start, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out, _ = proc.communicate(timeout=180)
-    assert proc.returncode == 0, out[-3000:]
-    try:
-        yield {"env": env, "dashboard": f"http://127.0.0.1:{dashboard}"}
-    finally:
-        _kill_group(proc.pid)
-
-
 def _kill_group(pgid: int) -> None:
     for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
         try:
@@ -75,35 +46,6 @@ def _kill_group(pgid: int) -> None:
         except ProcessLookupError:
             return
         time.sleep(wait)
-
-
-def test_ray_job_submit_trains_and_registers(ray_head, tmp_path):
-    db = tmp_path / "mlflow.db"
-    submission_id = f"finetune-{uuid.uuid4().hex[:8]}"
-    cmd = [
-        str(BIN / "ray"), "job", "submit", f"--address={ray_head['dashboard']}",
-        f"--submission-id={submission_id}", f"--working-dir={ROOT}", "--",
-        "python", "jobs/finetune.py", "--config", "jobs/configs/demo.yaml",
-        "run.name=submitted", f"run.storage_path={tmp_path / 'runs'}",
-        f"data.synthetic.output_dir={tmp_path / 'synthetic'}",
-        f"tracking.tracking_uri=sqlite:///{db}", "train.epochs=1", *SMALL,
-    ]
-    done = subprocess.run(cmd, env=ray_head["env"], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    status = subprocess.run(
-        [str(BIN / "ray"), "job", "status", f"--address={ray_head['dashboard']}", submission_id],
-        env=ray_head["env"], capture_output=True, text=True, timeout=120,
-    )
-    assert "succeeded" in (status.stdout + status.stderr).lower()
-
-    client = MlflowClient(f"sqlite:///{db}", registry_uri=f"sqlite:///{db}")
-    version = client.get_model_version_by_alias("changeseg", "champion")
-    assert int(version.version) == 1
-    run = client.get_run(version.run_id)
-    assert run.info.status == "FINISHED" and run.data.tags["changeseg.run_name"] == "submitted"
-    assert "val_global_f1" in run.data.metrics and "val_per_image_f1_mean" in run.data.metrics
-    assert run.data.params["train.num_workers"] == "2"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [0]
 
 
 def _latest_checkpointed_epoch(run_dir: Path) -> int | None:

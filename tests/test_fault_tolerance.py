@@ -15,7 +15,7 @@ from changeseg.config import build_config
 from changeseg.training.trainer import finetune
 
 pytestmark = pytest.mark.slow
-EPOCHS = 5
+EPOCHS = 3
 
 
 def _checkpointed_epoch(run_dir) -> int | None:

@@ -106,9 +106,10 @@ def test_stack_trains_on_two_nodes_scores_and_serves(stack, tmp_path):
     deadline = time.monotonic() + 180
     while True:
         try:
-            if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200:
+            # The first answer loads the model, which may take a while.
+            if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=90).status_code == 200:
                 break
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet
             pass
         assert time.monotonic() < deadline, "the Serve app did not become ready"
         time.sleep(1)

@@ -1,4 +1,4 @@
-"""A cluster-shaped changeseg stack on one machine, all on 127.0.0.1.
+"""A cluster-shaped changeseg stack on one machine; its HTTP endpoints on 127.0.0.1.
 
     python infra/local/stack.py up   [--state-dir .stack]   # make stack
     python infra/local/stack.py down [--state-dir .stack]   # make stack-down
