@@ -91,7 +91,8 @@ def test_pipeline_decodes_and_counts_pixels(ray_local, tmp_path, tracking_uri):
 
 
 def test_finetune_tracks_registers_and_crowns(ray_local, tmp_path, tracking_uri):
-    cfg = _cfg(tmp_path, tracking_uri)
+    # The small-data options of the real-pairs recipe run in the distributed loop too.
+    cfg = _cfg(tmp_path, tracking_uri, data={"repeat": 2}, train={"backbone_lr": 5e-5, "freeze_backbone_bn": True})
     result = finetune(cfg)
     assert result.epochs == 2 and result.start_epoch == 0
     assert result.train_pairs == 8 and result.val_pairs == 3
@@ -102,6 +103,7 @@ def test_finetune_tracks_registers_and_crowns(ray_local, tmp_path, tracking_uri)
     run = client.get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["model.msf_width"] == "16"
+    assert run.data.params["train.freeze_backbone_bn"] == "True" and run.data.params["data.repeat"] == "2"
     assert run.data.metrics["data_skipped_pairs"] == 0 and result.skipped_pairs == []
     for key in ("train_loss", "val_loss", "val_global_f1", "val_per_image_f1_mean", "val_kappa"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1], key

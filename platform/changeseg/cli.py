@@ -1,4 +1,4 @@
-"""Command line: ``changeseg finetune|demo|export|prepare|score``; the jobs/ scripts call the same functions."""
+"""Command line: ``changeseg finetune|demo|export|prepare|score|evaluate``; the jobs/ scripts call the same functions."""
 
 from __future__ import annotations
 
@@ -16,6 +16,17 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _config_or_exit(args: argparse.Namespace):
+    """The validated config of ``--config`` plus overrides, or None after printing why not."""
+    from changeseg.config import ConfigError, load_config
+
+    try:
+        return load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None
+
+
 def finetune_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="finetune", description="Fine-tune a change-detection model with Ray Train, tracked in MLflow."
@@ -26,12 +37,8 @@ def finetune_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
 
-    from changeseg.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+    cfg = _config_or_exit(args)
+    if cfg is None:
         return 2
 
     from changeseg.training.trainer import finetune
@@ -131,14 +138,11 @@ def prepare_main(argv: list[str] | None = None) -> int:
     if not args.manifest and not args.shards:
         parser.error("give --manifest and/or --shards")
 
-    from changeseg.config import ConfigError, load_config
+    cfg = _config_or_exit(args)
+    if cfg is None:
+        return 2
     from changeseg.data.prepare import prepare_dataset
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     try:
         summary = prepare_dataset(
             args.source,
@@ -181,12 +185,8 @@ def score_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
 
-    from changeseg.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+    cfg = _config_or_exit(args)
+    if cfg is None:
         return 2
 
     from changeseg.inference.batch import batch_score
@@ -200,12 +200,62 @@ def score_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def evaluate_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="evaluate",
+        description=(
+            "Evaluate a model on pairs with masks against baselines (CVA + Otsu, and any models given with "
+            "--baseline), in both temporal orders; writes report.html, report.json and images to --output."
+        ),
+    )
+    parser.add_argument("--model", required=True, help="models:/name@alias, models:/name/version or a checkpoint URI")
+    parser.add_argument("--input", required=True, help="dataset in any layout, manifest or shards (local or s3://)")
+    parser.add_argument("--output", required=True, help="local folder for the report")
+    parser.add_argument("--baseline", action="append", default=[], help="a learned baseline's model URI (repeatable), e.g. an FC-Siam-diff checkpoint")
+    parser.add_argument("--split", default=None, help="only the pairs of this split (default: all)")
+    parser.add_argument("--max-panels", type=int, default=16, help="pairs drawn with overlays and branch maps")
+    parser.add_argument("--config", help="YAML config (data.layout, score.tile_size, storage.*, tracking.* ...)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    args = parser.parse_args(argv)
+    setup_logging()
+    if args.max_panels < 0:
+        parser.error("--max-panels must be >= 0")
+    cfg = _config_or_exit(args)
+    if cfg is None:
+        return 2
+
+    from changeseg.evaluation.report import evaluate
+
+    try:
+        result, html_path, json_path = evaluate(
+            cfg,
+            model_uri=args.model,
+            input_uri=args.input,
+            output_dir=args.output,
+            baseline_uris=args.baseline,
+            split=args.split,
+            max_panels=args.max_panels,
+        )
+    except (FileNotFoundError, LookupError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for m in result.methods:
+        print(
+            f"{m['name']:>16}: global F1 {m['global_f1']:.3f} (P {m['global_precision']:.3f}, R {m['global_recall']:.3f}, "
+            f"IoU {m['global_iou']:.3f}), per-image F1 {m['per_image_f1_mean']:.3f}, swap agreement {m['swap_agreement_mean']:.4f}"
+        )
+    print(f"{result.info['pairs']} pairs, {result.info['skipped']} skipped")
+    print(f"wrote {html_path} and {json_path}")
+    return 0
+
+
 COMMANDS = {
     "finetune": finetune_main,
     "demo": demo_main,
     "export": export_main,
     "prepare": prepare_main,
     "score": score_main,
+    "evaluate": evaluate_main,
 }
 
 

@@ -95,6 +95,9 @@ class DataSection(_Section):
     # masks map class c to swap_class_map[c] (e.g. appear <-> disappear).
     swap_prob: float = Field(0.0, ge=0.0, le=1.0)
     swap_class_map: list[int] | None = None
+    # Each training pair is read this many times per epoch, each time with a fresh random
+    # crop: a few large images (AirChange's 952x640) then give many 256-px samples.
+    repeat: int = Field(1, ge=1)
     synthetic: SyntheticSection = SyntheticSection()
 
     @field_validator("scale_jitter")
@@ -151,6 +154,12 @@ class TrainSection(_Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(4, ge=1, description="per worker")
     lr: float = Field(1e-4, gt=0)
+    # Learning rate of the pretrained backbone; null = lr. Lower than lr keeps the
+    # pretrained features while MTF, MSF and the head, which start fresh, learn fast.
+    backbone_lr: float | None = Field(None, gt=0)
+    # Backbone BatchNorm layers keep their pretrained running statistics (eval mode) in
+    # training: batch statistics of a few small crops are too noisy to replace them.
+    freeze_backbone_bn: bool = False
     weight_decay: float = Field(0.0, ge=0)
     warmup_epochs: float = Field(0.0, ge=0)
     # "auto": the paper's area-ratio weights from the training masks; "sqrt": the same

@@ -170,10 +170,11 @@ class _Scorer:
         if self.device.type == "cpu":
             # One intra-op thread per CPU the actor reserved (Ray's default is one in total).
             torch.set_num_threads(max(1, int(self.cfg.score.cpus_per_actor)))
-        model = model_from_config(json.loads(checkpoint["config"]))
+        model_config = json.loads(checkpoint["config"])
+        model = model_from_config(model_config)
         model.load_state_dict(load_safetensors(checkpoint["weights"]))
         self.model = model.to(self.device).eval()
-        self.num_classes = int(getattr(model, "num_classes", json.loads(checkpoint["config"]).get("num_classes", 2)))
+        self.num_classes = int(getattr(model, "num_classes", model_config.get("num_classes", 2)))
 
     def _forward(self, a, b):
         return self.model(a.to(self.device), b.to(self.device)).softmax(1)
@@ -404,6 +405,8 @@ def batch_score(cfg: Config, *, model_uri: str, input_uri: str, output_uri: str,
     writer.flush()
 
     # Totals and metrics over every result file (previous runs included), streamed file by file.
+    import torch
+
     metrics = None
     ok_all = err_all = rows_all = 0
     for table in read_results(output_uri, cfg, columns=["status", "metrics_state"]):
@@ -413,8 +416,6 @@ def batch_score(cfg: Config, *, model_uri: str, input_uri: str, output_uri: str,
         rows_all += len(statuses)
         for state in table.column("metrics_state").to_pylist():
             if state:
-                import torch
-
                 m = ChangeMetrics.from_state(torch.tensor(state, dtype=torch.float64), ignore_index=cfg.data.ignore_index)
                 if metrics is None:
                     metrics = m

@@ -115,6 +115,16 @@ def _apply_segmentation_source(args: dict[str, Any], given: dict[str, Any], weig
         args[key] = required
 
 
+def _c3po_args(name: str, given: dict[str, Any], weights: str | None) -> dict[str, Any]:
+    """Defaults, then the preset, then the caller's non-None arguments, then what a
+    torchvision segmentation source fixes (a conflicting argument is an error)."""
+    args = {**_C3PO_DEFAULTS, **PRESETS.get(name, {})}
+    args.update({k: v for k, v in given.items() if v is not None})
+    if weights and weights.startswith("torchvision:"):
+        _apply_segmentation_source(args, given, weights)
+    return args
+
+
 def resolve_model_args(name: str = "c3po", **given: Any) -> dict[str, Any]:
     """The full architecture arguments ``create_model`` would use (preset, defaults, overrides).
 
@@ -124,12 +134,7 @@ def resolve_model_args(name: str = "c3po", **given: Any) -> dict[str, Any]:
     if name in _baselines():
         args: dict[str, Any] = {"name": name, "num_classes": given.get("num_classes") or 2}
     else:
-        args = {"name": name, **_C3PO_DEFAULTS, **PRESETS.get(name, {})}
-        args.update({k: v for k, v in given.items() if v is not None})
-        weights = extra.get("weights") or ""
-        spec = SEGMENTATION_SOURCES.get(weights.removeprefix("torchvision:")) if weights.startswith("torchvision:") else None
-        if spec is not None:
-            args.update(backbone=spec.backbone, head=spec.head, head_channels=spec.head_channels)
+        args = {"name": name, **_c3po_args(name, given, extra.get("weights"))}
     return {**args, **{k: v for k, v in extra.items() if k != "storage_options"}}
 
 
@@ -182,10 +187,7 @@ def create_model(
             raise ValueError(f"num_classes must be an int >= 2, got {classes!r}")
         model = baselines[name](num_classes=classes)
     elif name == "c3po" or name in PRESETS:
-        args = {**_C3PO_DEFAULTS, **PRESETS.get(name, {})}
-        args.update({k: v for k, v in given.items() if v is not None})
-        if weights and weights.startswith("torchvision:"):
-            _apply_segmentation_source(args, given, weights)
+        args = _c3po_args(name, given, weights)
         _check_c3po_args(args)
         # The upper bound of msf_scales depends on the backbone's scale count; MSF checks it.
         model = C3PO(

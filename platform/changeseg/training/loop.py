@@ -18,7 +18,7 @@ from changeseg.data.decode import load_pair, to_model_input
 from changeseg.data.pipeline import load_options
 from changeseg.metrics import ChangeMetrics, all_reduce_
 from changeseg.models import create_model
-from changeseg.models.weights import WEIGHTS_FILE, save_checkpoint
+from changeseg.models.weights import WEIGHTS_FILE, save_checkpoint, unwrap
 from changeseg.training.losses import ChangeLoss
 
 TRAIN_STATE_FILE = "train_state.pt"
@@ -34,6 +34,31 @@ def cosine_with_warmup(*, total_steps: int, warmup_steps: int):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """Adam over two parameter groups: the backbone at ``train.backbone_lr`` (default
+    ``train.lr``) and everything else (MTF, MSF, head) at ``train.lr``."""
+    bare = unwrap(model)
+    backbone = getattr(bare, "backbone", None)
+    backbone_params = list(backbone.parameters()) if isinstance(backbone, nn.Module) else []
+    backbone_ids = {id(p) for p in backbone_params}
+    rest = [p for p in model.parameters() if id(p) not in backbone_ids]
+    groups = [{"params": rest, "lr": cfg.train.lr}]
+    if backbone_params:
+        groups.append({"params": backbone_params, "lr": cfg.train.backbone_lr or cfg.train.lr})
+    return torch.optim.Adam(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+def set_train_mode(model: nn.Module, cfg: Config) -> nn.Module:
+    """``model.train()``, except backbone BatchNorm layers under ``train.freeze_backbone_bn``."""
+    model.train()
+    backbone = getattr(unwrap(model), "backbone", None)
+    if cfg.train.freeze_backbone_bn and isinstance(backbone, nn.Module):
+        for module in backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+    return model
 
 
 def evaluate_records(
@@ -82,7 +107,7 @@ def train_loop_per_worker(params: dict[str, Any]) -> None:
     np.random.seed(cfg.run.seed + rank)
 
     model = create_model(**cfg.model.factory_kwargs(), storage_options=cfg.storage)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    optimizer = build_optimizer(model, cfg)
     steps_per_epoch = int(params["steps_per_epoch"])
     total_steps = steps_per_epoch * cfg.train.epochs
     warmup = int(cfg.train.warmup_epochs * steps_per_epoch)
@@ -115,7 +140,7 @@ def train_loop_per_worker(params: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
 
     for epoch in range(start_epoch, cfg.train.epochs):
-        model.train()
+        set_train_mode(model, cfg)
         started = time.perf_counter()
         loss_total, seen, steps = 0.0, 0, 0
         batches = shard.iter_torch_batches(

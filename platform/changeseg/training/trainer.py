@@ -114,12 +114,12 @@ def finetune(cfg: Config) -> FinetuneResult:
 
     started = time.perf_counter()
     plan = plan_datasets(cfg)
-    steps_per_epoch = check_feasible(cfg, train_pairs=len(plan.train))
+    steps_per_epoch = check_feasible(cfg, train_pairs=len(plan.train) * cfg.data.repeat)
     # Built once here so a bad architecture or unobtainable weights fail before Ray starts.
     create_model(**cfg.model.factory_kwargs(), storage_options=cfg.storage)
     init_ray(cfg)
     plan = screen_plan(plan, cfg)
-    steps_per_epoch = check_feasible(cfg, train_pairs=len(plan.train))
+    steps_per_epoch = check_feasible(cfg, train_pairs=len(plan.train) * cfg.data.repeat)
     weights = resolve_class_weights(cfg, plan)
     log.info("data: %d train / %d val pairs from %s; class weights %s", len(plan.train), len(plan.val), plan.source, weights)
 
@@ -131,7 +131,7 @@ def finetune(cfg: Config) -> FinetuneResult:
     # per-operator bars would repeat every second for every epoch.
     ray.data.DataContext.get_current().enable_progress_bars = False
     storage_path, storage_fs = storage.ray_storage(cfg.run.storage_path, cfg.storage)
-    train_ds = pair_dataset(plan.train, cfg, augment=True).select_columns(["t0", "t1", "mask"])
+    train_ds = pair_dataset(plan.train * cfg.data.repeat, cfg, augment=True).select_columns(["t0", "t1", "mask"])
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={

@@ -1,0 +1,1 @@
+"""Quality on real imagery: classical baselines and the evaluation report."""
