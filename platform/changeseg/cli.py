@@ -16,7 +16,7 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _config_or_exit(args: argparse.Namespace):
+def _config_or_report(args: argparse.Namespace):
     """The validated config of ``--config`` plus overrides, or None after printing why not."""
     from changeseg.config import ConfigError, load_config
 
@@ -37,7 +37,7 @@ def finetune_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
 
-    cfg = _config_or_exit(args)
+    cfg = _config_or_report(args)
     if cfg is None:
         return 2
 
@@ -138,7 +138,7 @@ def prepare_main(argv: list[str] | None = None) -> int:
     if not args.manifest and not args.shards:
         parser.error("give --manifest and/or --shards")
 
-    cfg = _config_or_exit(args)
+    cfg = _config_or_report(args)
     if cfg is None:
         return 2
     from changeseg.data.prepare import prepare_dataset
@@ -185,7 +185,7 @@ def score_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
 
-    cfg = _config_or_exit(args)
+    cfg = _config_or_report(args)
     if cfg is None:
         return 2
 
@@ -220,7 +220,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     setup_logging()
     if args.max_panels < 0:
         parser.error("--max-panels must be >= 0")
-    cfg = _config_or_exit(args)
+    cfg = _config_or_report(args)
     if cfg is None:
         return 2
 

@@ -200,8 +200,9 @@ def branch_panel_for(model: torch.nn.Module, t0: np.ndarray, t1: np.ndarray, **k
     from changeseg.data.decode import to_model_input
 
     device = next(model.parameters()).device
-    a = to_model_input(torch.from_numpy(np.ascontiguousarray(t0))[None]).to(device)
-    b = to_model_input(torch.from_numpy(np.ascontiguousarray(t1))[None]).to(device)
+    # Decoded images may be read-only views; torch wants writable memory.
+    a = to_model_input(torch.from_numpy(np.require(t0, requirements=["C", "W"]))[None]).to(device)
+    b = to_model_input(torch.from_numpy(np.require(t1, requirements=["C", "W"]))[None]).to(device)
     was_training = model.training
     model.eval()
     try:
