@@ -244,3 +244,14 @@ def test_evaluate_uses_config_layout(pair_folder, tmp_path):
         cfg, model_uri=str(tmp_path / "m"), input_uri=str(pair_folder), output_dir=tmp_path / "r", progress=None
     )
     assert result.info["pairs"] == 3 and html_path.is_file()
+
+    # Pairs without masks cannot be evaluated; a baseline must predict the same classes.
+    for mask in (pair_folder / "mask").iterdir():
+        mask.unlink()
+    with pytest.raises(ValueError, match="none of 3 pairs could be evaluated .*no mask"):
+        evaluate(cfg, model_uri=str(tmp_path / "m"), input_uri=str(pair_folder), output_dir=tmp_path / "r2", progress=None)
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "five", create_model("fc_siam_diff", num_classes=5))
+    with pytest.raises(ValueError, match="predicts 5 classes"):
+        evaluate(cfg, model_uri=str(tmp_path / "m"), input_uri=str(pair_folder), output_dir=tmp_path / "r3",
+                 baseline_uris=[str(tmp_path / "five")], progress=None)

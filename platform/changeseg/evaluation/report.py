@@ -517,6 +517,9 @@ def evaluate(
     methods = [_method_for(main, cfg, fallback="model")]
     for uri in baseline_uris:
         baseline = load(uri)
+        classes = int(getattr(baseline.model, "num_classes", num_classes))
+        if classes != num_classes:
+            raise ValueError(f"baseline {uri} predicts {classes} classes, the model {model_uri} {num_classes}")
         method = _method_for(baseline, cfg, fallback="baseline")
         taken = {m.name for m in methods}
         base, k = method.name, 2
@@ -544,6 +547,9 @@ def evaluate(
         progress_seconds=cfg.score.progress_seconds,
     )
     result.skipped = list(problems) + result.skipped
+    if not result.pairs:
+        reasons = "; ".join(f"{p}: {r}" for p, r in result.skipped[:3])
+        raise ValueError(f"{input_uri}: none of {len(records)} pairs could be evaluated ({reasons})")
     result.info.update(
         model=model_uri,
         model_info={k: v for k, v in main.info.items() if k in ("name", "version", "run_id", "uri")},
