@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,8 +24,9 @@ from changeseg.data.pipeline import augment_options, load_options
 from changeseg.data.records import PairRecord
 from changeseg.data.transforms import augment_pair
 from changeseg.models import create_model
-from changeseg.training.losses import ChangeLoss, class_weights_from_counts, count_mask_pixels
+from changeseg.training.losses import ChangeLoss, count_mask_pixels
 from changeseg.training.loop import build_optimizer, cosine_with_warmup, set_train_mode
+from changeseg.training.trainer import class_weights_for
 
 __all__ = ["LocalFit", "fit_local"]
 
@@ -40,18 +40,6 @@ class LocalFit:
     seconds: float
     class_weights: list[float] | None
     losses: list[float] = field(default_factory=list)  # mean training loss per epoch
-
-
-def _class_weights(cfg: Config, masks: list[np.ndarray]) -> list[float] | None:
-    spec = cfg.train.class_weights
-    if spec == "none":
-        return None
-    if isinstance(spec, list):
-        return [float(w) for w in spec]
-    if cfg.model.resolved_num_classes() != 2:
-        return None
-    changed, unchanged = count_mask_pixels(masks, ignore_index=cfg.data.ignore_index)
-    return class_weights_from_counts(changed=changed, unchanged=unchanged, power=0.5 if spec == "sqrt" else 1.0).tolist()
 
 
 def fit_local(
@@ -80,7 +68,9 @@ def fit_local(
             f"{len(samples)} pair(s) x data.repeat {cfg.data.repeat} cannot fill one batch of {batch_size}: "
             "raise data.repeat or lower train.batch_size"
         )
-    weights = _class_weights(cfg, [s["mask"] for s in samples])
+    weights = class_weights_for(
+        cfg, lambda: count_mask_pixels([s["mask"] for s in samples], ignore_index=cfg.data.ignore_index)
+    )
     if model is None:
         model = create_model(**cfg.model.factory_kwargs(), storage_options=cfg.storage)
     optimizer = build_optimizer(model, cfg)
@@ -121,6 +111,3 @@ def fit_local(
         progress(f"trained {step} steps in {seconds:.0f} s, last epoch loss {losses[-1]:.4f}")
     return LocalFit(model=model, steps=step, seconds=seconds, class_weights=weights, losses=losses)
 
-
-def describe(fit: LocalFit) -> dict[str, Any]:
-    return {"steps": fit.steps, "seconds": round(fit.seconds, 1), "class_weights": fit.class_weights, "losses": fit.losses}

@@ -7,6 +7,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,9 @@ def check_feasible(cfg: Config, *, train_pairs: int) -> int:
     return steps
 
 
-def resolve_class_weights(cfg: Config, plan) -> list[float] | None:
+def class_weights_for(cfg: Config, counts: Callable[[], tuple[int, int]]) -> list[float] | None:
+    """The loss weights ``train.class_weights`` asks for; ``counts()`` gives the training
+    masks' (changed, unchanged) pixels and is only called when they are needed."""
     spec = cfg.train.class_weights
     if spec == "none":
         return None
@@ -94,9 +97,13 @@ def resolve_class_weights(cfg: Config, plan) -> list[float] | None:
     if cfg.model.resolved_num_classes() != 2:
         # The paper leaves multi-class (ChangeSim) training unweighted.
         return None
-    changed, unchanged = plan.train_pixels or count_change_pixels(plan.train, cfg)
+    changed, unchanged = counts()
     power = 0.5 if spec == "sqrt" else 1.0
     return class_weights_from_counts(changed=changed, unchanged=unchanged, power=power).tolist()
+
+
+def resolve_class_weights(cfg: Config, plan) -> list[float] | None:
+    return class_weights_for(cfg, lambda: plan.train_pixels or count_change_pixels(plan.train, cfg))
 
 
 def finetune(cfg: Config) -> FinetuneResult:
