@@ -91,7 +91,8 @@ class Predictor:
             arr = arr[None]
         if arr.ndim != 4 or arr.shape[-1] != 3:
             raise ValueError(f"expected RGB images shaped (H, W, 3) or (N, H, W, 3), got {arr.shape}")
-        return to_model_input(torch.from_numpy(np.ascontiguousarray(arr)))
+        # Decoded images may be read-only views; torch wants writable memory.
+        return to_model_input(torch.from_numpy(np.require(arr, requirements=["C", "W"])))
 
     def predict_proba(self, t0: np.ndarray, t1: np.ndarray) -> np.ndarray:
         """Class probabilities (N, C, H, W) for uint8 RGB inputs."""
