@@ -197,12 +197,10 @@ def branch_panel_for(model: torch.nn.Module, t0: np.ndarray, t1: np.ndarray, **k
     """Run ``model.forward_with_branches`` on one uint8 RGB pair and draw :func:`branch_panel`."""
     if not hasattr(model, "forward_with_branches"):
         raise TypeError(f"{type(model).__name__} has no MTF branches (forward_with_branches)")
-    from changeseg.data.decode import to_model_input
+    from changeseg.inference.predictor import Predictor
 
     device = next(model.parameters()).device
-    # Decoded images may be read-only views; torch wants writable memory.
-    a = to_model_input(torch.from_numpy(np.require(t0, requirements=["C", "W"]))[None]).to(device)
-    b = to_model_input(torch.from_numpy(np.require(t1, requirements=["C", "W"]))[None]).to(device)
+    a, b = Predictor.to_tensor(t0).to(device), Predictor.to_tensor(t1).to(device)
     was_training = model.training
     model.eval()
     try:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from changeseg.data.decode import load_pair, to_model_input
+from changeseg.data.decode import load_pair
 from changeseg.evaluation.classical import cva_otsu
 from changeseg.inference.tiling import predict_tiled
 from changeseg.metrics import ChangeMetrics
@@ -72,8 +72,9 @@ def model_method(
 
 
 def _as_input(image: np.ndarray, device: torch.device) -> torch.Tensor:
-    # Decoded images may be read-only views; torch wants writable memory.
-    return to_model_input(torch.from_numpy(np.require(image, requirements=["C", "W"]))[None]).to(device)
+    from changeseg.inference.predictor import Predictor
+
+    return Predictor.to_tensor(image).to(device)
 
 
 def cva_method() -> Method:
