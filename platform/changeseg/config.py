@@ -17,6 +17,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
+# Numeric precision of forward passes: "auto" is bf16 on a CUDA device that supports
+# it, else fp32; bf16/fp16 are autocast modes (fp16 with a gradient scaler in training).
+# Losses and metrics are always computed in fp32. See changeseg.devices.
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the key."""
 
@@ -171,6 +177,9 @@ class TrainSection(_Section):
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(0, ge=-1)
     num_overlays: int = Field(4, ge=0)
+    precision: Precision = "auto"
+    # Channels-last memory format for model and inputs (faster convolutions on GPUs).
+    channels_last: bool = False
 
 
 class TrackingSection(_Section):
@@ -231,6 +240,8 @@ class ServeSection(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Regions listed per response (largest first); the fraction always counts all.
     max_regions: int = Field(1000, ge=0)
+    precision: Precision = "auto"
+    channels_last: bool = False
 
 
 class ScoreSection(_Section):
@@ -253,6 +264,8 @@ class ScoreSection(_Section):
     max_regions: int = Field(100, ge=0)
     min_region_area: int = Field(1, ge=1)
     progress_seconds: float = Field(10.0, gt=0)
+    precision: Precision = "auto"
+    channels_last: bool = False
 
     @model_validator(mode="after")
     def _overlap_below_tile(self) -> "ScoreSection":
