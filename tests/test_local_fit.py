@@ -12,7 +12,7 @@ from changeseg.config import build_config, load_config
 from changeseg.data.records import scan_folder
 from changeseg.models import create_model, resolve_model_args
 from changeseg.training.local import fit_local
-from changeseg.training.loop import build_optimizer, set_train_mode
+from changeseg.training.engine import build_optimizer, set_train_mode
 from helpers import write_pair_folder
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -120,14 +120,29 @@ def test_torch_export(case):
 
 def test_presets_fix_the_papers_configurations():
     assert {"c3po", "fc_ef", "fc_siam_conc", "fc_siam_diff", *PRESETS} == set(list_models())
-    vl = create_model(name="c3po_vl_cmu_cd", msf_width=16)
+    vl = create_model(name="c3po_vl_cmu_cd", msf_width=16, weights="none")
     assert vl.config == {"name": "c3po", "backbone": "resnet18", "mtf": "id", "msf_scales": 4,
                          "head": "deeplabv3", "num_classes": 2, "msf_width": 16}
-    assert create_model(name="c3po_pcd_vgg16_bn", msf_width=16).config["backbone"] == "vgg16_bn"
-    assert create_model(name="c3po_changesim_multi", msf_width=16).num_classes == 5
-    assert create_model("c3po_changesim_binary", msf_width=16).config["mtf"] == "iade"
+    assert create_model(name="c3po_pcd_vgg16_bn", msf_width=16, weights="none").config["backbone"] == "vgg16_bn"
+    assert create_model(name="c3po_changesim_multi", msf_width=16, weights="none").num_classes == 5
+    assert create_model("c3po_changesim_binary", msf_width=16, weights="none").config["mtf"] == "iade"
     # Explicit arguments override a preset.
-    assert create_model(name="c3po_vl_cmu_cd", mtf="iade", msf_width=16).config["mtf"] == "iade"
+    assert create_model(name="c3po_vl_cmu_cd", mtf="iade", msf_width=16, weights="none").config["mtf"] == "iade"
+
+
+def test_presets_start_from_imagenet_weights(monkeypatch, tmp_path):
+    """Without weights a preset asks for ImageNet weights; offline the error names the
+    remedies, and weights="none" opts out."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache
+    with pytest.raises(RuntimeError, match="weights_file"):
+        create_model(name="c3po_vl_cmu_cd", msf_width=16)
+    from torchvision.models import resnet18
+
+    reference = resnet18(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "r18.pth")
+    model = create_model(name="c3po_vl_cmu_cd", msf_width=16, weights_file=str(tmp_path / "r18.pth"))
+    torch.testing.assert_close(model.backbone.state_dict()[next(iter(model.backbone.state_dict()))],
+                               next(iter(reference.state_dict().values())))
 
 
 def test_baselines_take_only_num_classes():
@@ -280,7 +295,8 @@ def test_resolved_arguments_match_the_built_model():
     from changeseg.models import resolve_model_args
 
     args = resolve_model_args("c3po_vl_cmu_cd", msf_width=16, weights=None)
-    built = create_model("c3po_vl_cmu_cd", msf_width=16).config
+    assert args["weights"] == "imagenet"  # the presets start from ImageNet weights, as the paper
+    built = create_model("c3po_vl_cmu_cd", msf_width=16, weights="none").config
     assert args["name"] == "c3po_vl_cmu_cd" and args["head_channels"] is None  # the preset's name is kept
     assert {k: args[k] for k in built if k != "name"} == {k: v for k, v in built.items() if k != "name"}
     seg = resolve_model_args(weights="torchvision:deeplabv3_mobilenet_v3_large")

@@ -15,7 +15,7 @@ from changeseg.cli import finetune_main
 from changeseg.config import build_config
 from changeseg.data.pipeline import count_change_pixels, pair_dataset, plan_datasets
 from changeseg.data.records import scan_folder
-from changeseg.training.loop import cosine_with_warmup
+from changeseg.training.engine import cosine_with_warmup
 from changeseg.training.trainer import check_feasible, finetune
 from helpers import write_pair_folder
 

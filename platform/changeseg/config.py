@@ -167,7 +167,10 @@ class TrainSection(_Section):
     # training: batch statistics of a few small crops are too noisy to replace them.
     freeze_backbone_bn: bool = False
     weight_decay: float = Field(0.0, ge=0)
+    # Linear warm-up lasts max(warmup_epochs x steps per epoch, warmup_steps) steps
+    # (the authors' scripts: max(5 epochs, 1000 iterations)), then cosine decay.
     warmup_epochs: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
     # "auto": the paper's area-ratio weights from the training masks; "sqrt": the same
     # with the square root of the ratio (fewer false alarms); "none": unweighted.
     class_weights: Literal["auto", "sqrt", "none"] | list[float] = "auto"
@@ -242,6 +245,13 @@ class ServeSection(_Section):
     max_regions: int = Field(1000, ge=0)
     precision: Precision = "auto"
     channels_last: bool = False
+    # Larger images are scored in overlapping windows, as in batch scoring.
+    tile_size: int = Field(1024, ge=32)
+    tile_overlap: int = Field(64, ge=0)
+    # Pixels (pairs x H x W, or windows) per forward pass; a batch over it is split.
+    max_batch_pixels: int = Field(4 * 1024 * 1024, ge=1024)
+    # Deadline of one registry call (alias or version look-up, listing); past it 503.
+    registry_timeout_s: float = Field(5.0, gt=0)
 
 
 class ScoreSection(_Section):
@@ -266,6 +276,10 @@ class ScoreSection(_Section):
     progress_seconds: float = Field(10.0, gt=0)
     precision: Precision = "auto"
     channels_last: bool = False
+    # Pixels per image, read from the header before decoding; a larger pair gets an error row.
+    max_pixels: int = Field(8192 * 8192, ge=1024)
+    # Test-time augmentation: average with the horizontally and vertically flipped pair.
+    tta: bool = False
 
     @model_validator(mode="after")
     def _overlap_below_tile(self) -> "ScoreSection":

@@ -23,8 +23,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
+
+from changeseg.devices import all_reduce_sum
 
 __all__ = ["ChangeMetrics", "all_reduce_"]
 
@@ -178,11 +179,5 @@ class ChangeMetrics:
 
 def all_reduce_(metrics: ChangeMetrics) -> ChangeMetrics:
     """Sum ``metrics``' state over all ranks in place (one collective); no-op without DDP."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return metrics
-    state = metrics.state()
-    if dist.get_backend() == "nccl" and state.device.type != "cuda":
-        state = state.to(torch.device("cuda", torch.cuda.current_device()))
-    dist.all_reduce(state, op=dist.ReduceOp.SUM)
-    metrics.load_state(state.to(metrics._confusion.device))
+    metrics.load_state(all_reduce_sum(metrics.state()))
     return metrics

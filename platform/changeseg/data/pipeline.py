@@ -255,10 +255,21 @@ def augment_options(cfg: Config) -> dict:
     }
 
 
-def pair_dataset(records: list[PairRecord], cfg: Config, *, augment: bool):
-    """A Ray Dataset of decoded pairs (``pair_id``, ``t0``, ``t1``, ``mask``)."""
+def pair_dataset(records: list[PairRecord], cfg: Config, *, augment: bool, shuffle_seed: int | None = None):
+    """A Ray Dataset of decoded pairs (``pair_id``, ``t0``, ``t1``, ``mask``).
+
+    ``shuffle_seed``: the rows are put in a random order before decoding, a different
+    one at every execution (every training epoch) yet reproducible from the seed. It
+    is a full shuffle of the undecoded rows: file URIs for loose files, the encoded
+    bytes for shards (which Ray Data spills to disk when they exceed its object store).
+    """
+    rows = source_dataset(records, cfg)
+    if shuffle_seed is not None:
+        from ray.data import RandomSeedConfig
+
+        rows = rows.random_shuffle(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
     loader = _LoadPair(load=load_options(cfg), augment=augment_options(cfg) if augment else None)
-    return source_dataset(records, cfg).flat_map(loader)
+    return rows.flat_map(loader)
 
 
 class _Inspect:

@@ -63,6 +63,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# The paper always starts from pretrained weights, so the presets do too. They need
+# the torchvision download, a copy in $TORCH_HOME/hub/checkpoints or ``weights_file``;
+# ``weights="none"`` builds a preset from random weights instead.
+PRESET_WEIGHTS = "imagenet"
+
+
 def _baselines() -> dict[str, type[nn.Module]]:
     try:
         from .baselines import BASELINES
@@ -131,6 +137,8 @@ def resolve_model_args(name: str = "c3po", **given: Any) -> dict[str, Any]:
     Builds nothing; for logging and display. Weights arguments are passed through.
     """
     extra = {k: given.pop(k) for k in ("weights", "weights_file", "pretrained_backbone", "storage_options") if k in given}
+    if name in PRESETS and extra.get("weights") is None and not extra.get("pretrained_backbone"):
+        extra["weights"] = PRESET_WEIGHTS
     if name in _baselines():
         args: dict[str, Any] = {"name": name, "num_classes": given.get("num_classes") or 2}
     else:
@@ -157,7 +165,8 @@ def create_model(
 
     ``name`` is the only positional argument (``create_model("c3po", backbone=...)``).
     Architecture arguments left as None come from the preset ``name`` (if any), else
-    the C3PO defaults. ``weights`` is None (random), ``"imagenet"``,
+    the C3PO defaults. ``weights`` is None (random; for a preset: its ImageNet weights),
+    ``"none"`` (random, presets included), ``"imagenet"``,
     ``"torchvision:<segmentation model>"`` or a changeseg checkpoint URI (see
     :mod:`changeseg.models.pretrained`); ``pretrained_backbone=True`` is the same as
     ``weights="imagenet"``. All arguments are checked before weights are loaded.
@@ -171,6 +180,10 @@ def create_model(
         "backbone": backbone, "mtf": mtf, "msf_scales": msf_scales, "head": head,
         "num_classes": num_classes, "msf_width": msf_width, "head_channels": head_channels,
     }
+    if weights is None and name in PRESETS and not pretrained_backbone:
+        weights = PRESET_WEIGHTS
+    if weights == "none":
+        weights = None
     if pretrained_backbone:
         if weights not in (None, "imagenet"):
             raise ValueError(f"pretrained_backbone=True conflicts with weights={weights!r}")
@@ -205,6 +218,15 @@ def create_model(
     return model
 
 
+# What ``model.config`` may hold: the architecture, never where weights come from.
+ARCHITECTURE_KEYS = ("name", "backbone", "mtf", "msf_scales", "head", "num_classes", "msf_width", "head_channels")
+
+
 def model_from_config(config: dict[str, Any]) -> nn.Module:
-    """Rebuild the architecture saved in ``model.config`` (random weights; load the state dict next)."""
-    return create_model(**config)
+    """Rebuild the architecture saved in ``model.config`` (random weights; load the state
+    dict next). Keys other than the architecture's are refused: a checkpoint's JSON must
+    not make the loader fetch or read weights from elsewhere."""
+    extra = sorted(set(config) - set(ARCHITECTURE_KEYS))
+    if extra:
+        raise ValueError(f"model config has keys that are not architecture arguments: {', '.join(extra)}")
+    return create_model(**config, weights="none")

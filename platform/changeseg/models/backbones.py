@@ -9,7 +9,8 @@ Registered names:
 - ``resnet50``, ``resnet101``: with the dilated last two stages that torchvision's
   segmentation models use (strides 4, 8, 8, 8), so their weights transplant 1:1.
 - ``vgg16_bn``: the outputs of pools 2-5 (strides 4, 8, 16, 32).
-- ``mobilenet_v2``: strides 4, 8, 16, 32 (the last block, 320 channels).
+- ``mobilenet_v2``: strides 4, 8, 16, 32 (the last stage ends with the final 1x1 conv
+  to 1280 channels, as the C-3PO authors use it).
 - ``mobilenet_v3_large``: dilated like torchvision's ``deeplabv3_mobilenet_v3_large``
   (strides 4, 8, 16, 16; the last map is its 960-channel output).
 - ``swin_t``: torchvision Swin-T stages (strides 4, 8, 16, 32).
@@ -197,7 +198,7 @@ def _vgg16_bn(name: str) -> Backbone:
 
 def _mobilenet_v2(name: str) -> Backbone:
     features = torchvision.models.mobilenet_v2(weights=None).features
-    return SequentialBackbone(features, ends=(4, 7, 14, 18), name=name)
+    return SequentialBackbone(features, ends=(4, 7, 14, len(features)), name=name)
 
 
 def _mobilenet_v3_large(name: str) -> Backbone:

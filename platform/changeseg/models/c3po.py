@@ -100,8 +100,9 @@ class C3PO(nn.Module):
             else:
                 out = mtf(f0, f1)
             fused.append(out)
-        # The head works on the finest backbone scale whatever scales are fused.
-        merged = self.msf(fused, size=feats0[0].shape[-2:])
+        # The head works at the finest scale fused (MSF-1: 1/32, ..., MSF-4: 1/4 on a
+        # ResNet), as in the paper's MSF ablation and the authors' code.
+        merged = self.msf(fused, size=fused[0].shape[-2:])
         logits = self.head(merged)
         logits = F.interpolate(logits, size=t0.shape[-2:], mode="bilinear", align_corners=False)
         return logits, branches

@@ -1,8 +1,9 @@
 """Fine-tuning in this process, without Ray or MLflow, for small sets of pairs.
 
-The same recipe (one :class:`~changeseg.config.Config`) as the Ray Train job: model,
-optimiser groups, frozen backbone BatchNorm, schedule, class weights, augmentation
-and ``data.repeat``. The global batch is ``batch_size * num_workers``, as in the
+The same recipe (one :class:`~changeseg.config.Config`) and the same engine
+(:mod:`changeseg.training.engine`) as the Ray Train job: model, optimiser groups,
+frozen backbone BatchNorm, schedule, precision, class weights, augmentation and
+``data.repeat``. The global batch is ``batch_size * num_workers``, as in the
 distributed run, so the step count per epoch matches too. Every pair is decoded once
 and kept in memory, which is what makes it fast on a handful of real pairs; large
 datasets belong to :func:`changeseg.training.trainer.finetune`, which streams them.
@@ -11,7 +12,7 @@ datasets belong to :func:`changeseg.training.trainer.finetune`, which streams th
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,13 +20,13 @@ import torch
 from torch import nn
 
 from changeseg.config import Config
-from changeseg.data.decode import load_pair, to_model_input
+from changeseg.data.decode import load_pair
 from changeseg.data.pipeline import augment_options, load_options
 from changeseg.data.records import PairRecord
 from changeseg.data.transforms import augment_pair
-from changeseg.models import create_model
-from changeseg.training.losses import ChangeLoss, count_mask_pixels
-from changeseg.training.loop import build_optimizer, cosine_with_warmup, set_train_mode
+from changeseg.devices import resolve_device
+from changeseg.training.engine import build_engine, train_one_epoch
+from changeseg.training.losses import count_mask_pixels
 from changeseg.training.trainer import class_weights_for
 
 __all__ = ["LocalFit", "fit_local"]
@@ -40,6 +41,22 @@ class LocalFit:
     seconds: float
     class_weights: list[float] | None
     losses: list[float] = field(default_factory=list)  # mean training loss per epoch
+    skipped_steps: int = 0
+
+
+def _decode(cfg: Config, records: Sequence[PairRecord]) -> list[dict]:
+    options = load_options(cfg)
+    samples = [load_pair(r.to_row() if hasattr(r, "to_row") else dict(r), **options) for r in records]
+    missing = [s["pair_id"] for s in samples if "mask" not in s]
+    if missing:
+        raise ValueError(f"training pairs without a mask: {', '.join(missing[:5])}")
+    return samples
+
+
+def _batches(samples: list[dict], order: np.ndarray, *, batch_size: int, rng, augment: dict) -> Iterator[dict]:
+    for first in range(0, len(order) - batch_size + 1, batch_size):
+        batch = [augment_pair(samples[i], rng, **augment) for i in order[first : first + batch_size]]
+        yield {key: np.stack([b[key] for b in batch]) for key in ("t0", "t1", "mask")}
 
 
 def fit_local(
@@ -47,6 +64,7 @@ def fit_local(
     records: Sequence[PairRecord],
     *,
     model: nn.Module | None = None,
+    device: str | torch.device = "auto",
     progress: Callable[[str], None] | None = print,
     progress_seconds: float = 30.0,
 ) -> LocalFit:
@@ -55,14 +73,9 @@ def fit_local(
         raise ValueError("fit_local needs at least one training pair")
     torch.manual_seed(cfg.run.seed)
     rng = np.random.default_rng(cfg.run.seed)
-    options = load_options(cfg)
-    samples = [load_pair(r.to_row() if hasattr(r, "to_row") else dict(r), **options) for r in records]
-    missing = [s["pair_id"] for s in samples if "mask" not in s]
-    if missing:
-        raise ValueError(f"training pairs without a mask: {', '.join(missing[:5])}")
+    samples = _decode(cfg, records)
     batch_size = cfg.train.batch_size * cfg.train.num_workers
-    per_epoch = len(samples) * cfg.data.repeat
-    steps_per_epoch = per_epoch // batch_size
+    steps_per_epoch = len(samples) * cfg.data.repeat // batch_size
     if steps_per_epoch == 0:
         raise ValueError(
             f"{len(samples)} pair(s) x data.repeat {cfg.data.repeat} cannot fill one batch of {batch_size}: "
@@ -71,43 +84,33 @@ def fit_local(
     weights = class_weights_for(
         cfg, lambda: count_mask_pixels([s["mask"] for s in samples], ignore_index=cfg.data.ignore_index)
     )
-    if model is None:
-        model = create_model(**cfg.model.factory_kwargs(), storage_options=cfg.storage)
-    optimizer = build_optimizer(model, cfg)
-    total = steps_per_epoch * cfg.train.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_with_warmup(total_steps=total, warmup_steps=int(cfg.train.warmup_epochs * steps_per_epoch))
+    engine = build_engine(
+        cfg, steps_per_epoch=steps_per_epoch, class_weights=weights, device=resolve_device(device), model=model
     )
-    loss_fn = ChangeLoss(weight=torch.tensor(weights) if weights else None, ignore_index=cfg.data.ignore_index)
+    total = steps_per_epoch * cfg.train.epochs
     augment = augment_options(cfg)
     started = last = time.perf_counter()
     losses: list[float] = []
-    step = 0
+    done = skipped = 0
+
+    def report(step: int, loss: float) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if progress is not None and now - last >= progress_seconds:
+            overall = done + step
+            eta = (now - started) / overall * (total - overall)
+            progress(f"step {overall}/{total} (epoch {epoch + 1}), loss {loss:.4f}, {now - started:.0f} s, about {eta:.0f} s left")
+            last = now
+
     for epoch in range(cfg.train.epochs):
-        set_train_mode(model, cfg)
         order = rng.permutation(np.repeat(np.arange(len(samples)), cfg.data.repeat))
-        epoch_loss = 0.0
-        for first in range(0, steps_per_epoch * batch_size, batch_size):
-            batch = [augment_pair(samples[i], rng, **augment) for i in order[first : first + batch_size]]
-            t0 = to_model_input(torch.from_numpy(np.stack([b["t0"] for b in batch])))
-            t1 = to_model_input(torch.from_numpy(np.stack([b["t1"] for b in batch])))
-            target = torch.from_numpy(np.stack([b["mask"] for b in batch])).long()
-            loss = loss_fn(model(t0, t1), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            epoch_loss += float(loss.detach())
-            step += 1
-            now = time.perf_counter()
-            if progress is not None and now - last >= progress_seconds:
-                eta = (now - started) / step * (total - step)
-                progress(f"step {step}/{total} (epoch {epoch + 1}), loss {float(loss.detach()):.4f}, {now - started:.0f} s, about {eta:.0f} s left")
-                last = now
-        losses.append(epoch_loss / steps_per_epoch)
-    model.eval()
+        stats = train_one_epoch(engine, _batches(samples, order, batch_size=batch_size, rng=rng, augment=augment), progress=report)
+        losses.append(stats.loss)
+        done += stats.steps
+        skipped += stats.skipped_steps
     seconds = time.perf_counter() - started
     if progress is not None:
-        progress(f"trained {step} steps in {seconds:.0f} s, last epoch loss {losses[-1]:.4f}")
-    return LocalFit(model=model, steps=step, seconds=seconds, class_weights=weights, losses=losses)
-
+        progress(f"trained {done} steps in {seconds:.0f} s, last epoch loss {losses[-1]:.4f}"
+                 + (f", {skipped} step(s) skipped (no labelled pixels or a non-finite loss)" if skipped else ""))
+    model = engine.bare_model.eval()
+    return LocalFit(model=model, steps=done, seconds=seconds, class_weights=weights, losses=losses, skipped_steps=skipped)

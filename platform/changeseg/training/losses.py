@@ -75,7 +75,9 @@ class ChangeLoss(nn.Module):
     """Cross entropy on (N, C, H, W) logits, optionally class-weighted, mean over valid pixels.
 
     The mean is weighted: ``sum(w[y_i] * nll_i) / sum(w[y_i])`` over pixels whose target is
-    not ``ignore_index`` (torch's definition). A batch whose pixels are all ignored gives NaN.
+    not ``ignore_index`` (torch's definition). A batch whose pixels are all ignored gives
+    0 with zero gradients, not torch's NaN, so it cannot poison the weights (the training
+    engine also skips such steps).
     """
 
     weight: Tensor | None
@@ -94,7 +96,15 @@ class ChangeLoss(nn.Module):
         weight = self.weight
         if weight is not None and weight.dtype != logits.dtype:
             weight = weight.to(logits.dtype)  # half/bfloat16 logits outside autocast
-        return F.cross_entropy(logits, target.long(), weight=weight, ignore_index=self.ignore_index)
+        target = target.long()
+        per_pixel = F.cross_entropy(logits, target, weight=weight, ignore_index=self.ignore_index, reduction="none")
+        valid = target != self.ignore_index
+        if weight is None:
+            denominator = valid.sum().to(per_pixel.dtype)
+        else:
+            denominator = (weight[target.masked_fill(~valid, 0)] * valid).sum()
+        # clamp: an all-ignored batch gives 0 / tiny = 0 instead of 0 / 0.
+        return per_pixel.sum() / denominator.clamp_min(torch.finfo(per_pixel.dtype).tiny)
 
     def extra_repr(self) -> str:
         w = None if self.weight is None else [round(v, 4) for v in self.weight.tolist()]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -16,6 +14,7 @@ from changeseg import storage
 from changeseg.config import Config
 from changeseg.data.pipeline import count_change_pixels, pair_dataset, plan_datasets, records_to_rows, screen_plan
 from changeseg.models import create_model
+from changeseg.runtime import init_ray, local_num_cpus  # noqa: F401  (re-exported)
 from changeseg.training.losses import class_weights_from_counts
 
 log = logging.getLogger(__name__)
@@ -40,33 +39,6 @@ class FinetuneResult:
     registered: dict[str, Any] = field(default_factory=dict)
     # Pairs left out as unusable: (pair id, reason); also the MLflow metric data_skipped_pairs.
     skipped_pairs: list[tuple[str, str]] = field(default_factory=list)
-
-
-def local_num_cpus(cfg: Config) -> int:
-    """Logical CPUs for a local Ray instance.
-
-    The train workers hold their CPUs for the whole run; Ray Data needs slots of its
-    own to read and augment, or its tasks wait forever behind the workers. So a small
-    machine is oversubscribed by two logical CPUs rather than deadlocked.
-    """
-    if cfg.ray.num_cpus:
-        return cfg.ray.num_cpus
-    workers = math.ceil(cfg.train.num_workers * cfg.train.cpus_per_worker)
-    return max(os.cpu_count() or 1, workers + 2)
-
-
-def init_ray(cfg: Config) -> None:
-    """Attach to ``ray.address`` / ``$RAY_ADDRESS`` (``auto`` finds a local ``ray start``),
-    else start a private local instance."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(address="local", num_cpus=local_num_cpus(cfg), include_dashboard=False)
 
 
 def check_feasible(cfg: Config, *, train_pairs: int) -> int:
@@ -117,7 +89,7 @@ def finetune(cfg: Config) -> FinetuneResult:
     from ray.train.torch import TorchTrainer
 
     from changeseg import tracking
-    from changeseg.training.loop import train_loop_per_worker
+    from changeseg.training.loop import TRAIN_COLUMNS, train_loop_per_worker
 
     started = time.perf_counter()
     plan = plan_datasets(cfg)
@@ -138,7 +110,9 @@ def finetune(cfg: Config) -> FinetuneResult:
     # per-operator bars would repeat every second for every epoch.
     ray.data.DataContext.get_current().enable_progress_bars = False
     storage_path, storage_fs = storage.ray_storage(cfg.run.storage_path, cfg.storage)
-    train_ds = pair_dataset(plan.train * cfg.data.repeat, cfg, augment=True).select_columns(["t0", "t1", "mask"])
+    train_ds = pair_dataset(
+        plan.train * cfg.data.repeat, cfg, augment=True, shuffle_seed=cfg.run.seed
+    ).select_columns(TRAIN_COLUMNS)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={

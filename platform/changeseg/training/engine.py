@@ -1,0 +1,323 @@
+"""The one training engine: recipe, optimisation step, epoch, validation, checkpoints.
+
+Both trainers drive it: the Ray Train worker loop (:mod:`changeseg.training.loop`) and
+the in-process trainer (:mod:`changeseg.training.local`), and the GPU check runs it in
+a bare ``torch.distributed`` process group. Nothing here imports Ray.
+
+What it guarantees on every device:
+
+- the model is placed on its device *before* the optimiser exists and checkpoints are
+  loaded with ``map_location`` to that device, so a resumed Adam state lives beside
+  the parameters;
+- every collective goes through :func:`changeseg.devices.all_reduce_sum` (NCCL only
+  reduces CUDA tensors) and every rank makes the same collective calls, even with no
+  validation pairs of its own;
+- a step whose pixels are all ``ignore_index`` on every rank, or whose loss is not
+  finite on any rank, changes no weight and is counted in ``skipped_steps``;
+- forward passes run under the configured autocast precision; the loss and metrics are
+  computed in fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+from torch import nn
+
+from changeseg.config import Config
+from changeseg.data.decode import to_model_input
+from changeseg.devices import all_reduce_sum, autocast, grad_scaler, prepare_for_device, resolve_precision
+from changeseg.metrics import ChangeMetrics, all_reduce_
+from changeseg.models import create_model
+from changeseg.models.weights import WEIGHTS_FILE, save_checkpoint, unwrap
+from changeseg.training.losses import ChangeLoss
+
+__all__ = [
+    "TRAIN_STATE_FILE",
+    "Engine",
+    "EpochStats",
+    "build_engine",
+    "build_optimizer",
+    "cosine_with_warmup",
+    "restore_checkpoint",
+    "save_training_checkpoint",
+    "set_train_mode",
+    "to_device_batch",
+    "train_one_epoch",
+    "validate",
+]
+
+TRAIN_STATE_FILE = "train_state.pt"
+
+
+def cosine_with_warmup(*, total_steps: int, warmup_steps: int):
+    """Per-iteration multiplier: linear warm-up, then cosine decay to zero (the paper's schedule)."""
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def warmup_steps_for(cfg: Config, steps_per_epoch: int) -> int:
+    """max(``warmup_epochs`` x steps per epoch, ``warmup_steps``), as the authors' scripts."""
+    return max(int(cfg.train.warmup_epochs * steps_per_epoch), cfg.train.warmup_steps)
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """Adam over two parameter groups: the backbone at ``train.backbone_lr`` (default
+    ``train.lr``) and everything else (MTF, MSF, head) at ``train.lr``."""
+    bare = unwrap(model)
+    backbone = getattr(bare, "backbone", None)
+    backbone_params = list(backbone.parameters()) if isinstance(backbone, nn.Module) else []
+    backbone_ids = {id(p) for p in backbone_params}
+    rest = [p for p in model.parameters() if id(p) not in backbone_ids]
+    groups = [{"params": rest, "lr": cfg.train.lr}]
+    if backbone_params:
+        groups.append({"params": backbone_params, "lr": cfg.train.backbone_lr or cfg.train.lr})
+    return torch.optim.Adam(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+def set_train_mode(model: nn.Module, cfg: Config) -> nn.Module:
+    """``model.train()``, except backbone BatchNorm layers under ``train.freeze_backbone_bn``."""
+    model.train()
+    backbone = getattr(unwrap(model), "backbone", None)
+    if cfg.train.freeze_backbone_bn and isinstance(backbone, nn.Module):
+        for module in backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+    return model
+
+
+@dataclass
+class Engine:
+    """A built recipe: the model on its device (DDP-wrapped in a process group) and
+    everything that optimises it."""
+
+    cfg: Config
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    loss_fn: ChangeLoss
+    device: torch.device
+    precision: str
+    steps_per_epoch: int
+
+    @property
+    def bare_model(self) -> nn.Module:
+        return unwrap(self.model)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """SyncBatchNorm across GPUs, then DDP; called only inside a process group."""
+    if device.type == "cuda" and dist.get_world_size() > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def build_engine(
+    cfg: Config,
+    *,
+    steps_per_epoch: int,
+    class_weights: list[float] | None,
+    device: torch.device,
+    model: nn.Module | None = None,
+) -> Engine:
+    """Build the recipe of ``cfg`` on ``device``: model (``cfg.model`` unless given),
+    Adam groups, cosine schedule with warm-up, loss, precision and gradient scaler.
+
+    Inside an initialised process group the model is wrapped in DDP.
+    """
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL and the collectives use the current device
+    if model is None:
+        model = create_model(**cfg.model.factory_kwargs(), storage_options=cfg.storage)
+    model = prepare_for_device(model, device, channels_last=cfg.train.channels_last)
+    if _distributed():
+        model = _wrap_ddp(model, device)
+    optimizer = build_optimizer(model, cfg)  # after placement: Adam state follows the parameters
+    total = steps_per_epoch * cfg.train.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_with_warmup(total_steps=total, warmup_steps=warmup_steps_for(cfg, steps_per_epoch))
+    )
+    weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
+    precision = resolve_precision(cfg.train.precision, device)
+    return Engine(
+        cfg=cfg,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=grad_scaler(precision, device),
+        loss_fn=ChangeLoss(weight=weight, ignore_index=cfg.data.ignore_index).to(device),
+        device=device,
+        precision=precision,
+        steps_per_epoch=steps_per_epoch,
+    )
+
+
+def to_device_batch(batch: Mapping[str, Any], device: torch.device, *, channels_last: bool = False):
+    """uint8 (N, H, W, 3) images and (N, H, W) masks (NumPy or torch) -> model inputs
+    and long targets on ``device``. Host memory is pinned for asynchronous copies to a GPU."""
+
+    def move(value: Any) -> torch.Tensor:
+        tensor = torch.as_tensor(np.ascontiguousarray(value)) if not isinstance(value, torch.Tensor) else value
+        if device.type == "cuda" and tensor.device.type == "cpu":
+            tensor = tensor.pin_memory()
+        return tensor.to(device, non_blocking=True)
+
+    t0, t1 = to_model_input(move(batch["t0"])), to_model_input(move(batch["t1"]))
+    if channels_last:
+        t0 = t0.contiguous(memory_format=torch.channels_last)
+        t1 = t1.contiguous(memory_format=torch.channels_last)
+    return t0, t1, move(batch["mask"]).long()
+
+
+def _step(engine: Engine, t0: torch.Tensor, t1: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """One optimisation step; returns (detached loss, whether the update was applied)."""
+    with autocast(engine.precision, engine.device):
+        logits = engine.model(t0, t1)
+    loss = engine.loss_fn(logits.float(), target)
+    engine.optimizer.zero_grad(set_to_none=True)
+    engine.scaler.scale(loss).backward()
+    valid = (target != engine.loss_fn.ignore_index).sum()
+    # One small collective after DDP's own: every rank agrees whether to apply the step.
+    checks = all_reduce_sum(torch.stack([valid.double(), (~torch.isfinite(loss.detach())).double()]))
+    valid_total, nonfinite = checks.tolist()
+    applied = valid_total > 0 and nonfinite == 0
+    if applied:
+        engine.scaler.step(engine.optimizer)
+        engine.scaler.update()
+    else:
+        engine.optimizer.zero_grad(set_to_none=True)
+    engine.scheduler.step()  # the schedule follows planned steps, applied or not
+    return loss.detach(), applied
+
+
+@dataclass
+class EpochStats:
+    """One epoch of training, summed over every rank."""
+
+    loss: float  # mean over applied steps' samples
+    samples: int
+    steps: int
+    skipped_steps: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.samples / max(self.seconds, 1e-9)
+
+
+def train_one_epoch(
+    engine: Engine,
+    batches: Iterable[Mapping[str, Any]],
+    *,
+    progress: Callable[[int, float], None] | None = None,
+) -> EpochStats:
+    """Train on at most ``steps_per_epoch`` batches (every rank takes the same count, as
+    DDP needs). ``progress(step, loss)`` is called after each step."""
+    set_train_mode(engine.model, engine.cfg)
+    started = time.perf_counter()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=engine.device)
+    samples = steps = skipped = 0
+    for batch in batches:
+        if steps >= engine.steps_per_epoch:
+            break
+        t0, t1, target = to_device_batch(batch, engine.device, channels_last=engine.cfg.train.channels_last)
+        loss, applied = _step(engine, t0, t1, target)
+        steps += 1
+        if applied:
+            loss_sum += loss.double() * t0.shape[0]
+            samples += t0.shape[0]
+        else:
+            skipped += 1
+        if progress is not None:
+            progress(steps, float(loss))
+    seconds = time.perf_counter() - started
+    totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(samples), dtype=torch.float64, device=engine.device),
+                                         torch.tensor(float(skipped), dtype=torch.float64, device=engine.device)]))
+    loss_total, samples_total, skipped_total = totals.tolist()
+    return EpochStats(
+        loss=loss_total / max(samples_total, 1.0),
+        samples=int(samples_total),
+        steps=steps,
+        skipped_steps=int(skipped_total),
+        seconds=seconds,
+    )
+
+
+def validate(engine: Engine, samples: Iterable[Mapping[str, Any]]) -> tuple[ChangeMetrics, float, int]:
+    """Metrics, summed loss and pair count over every rank's validation pairs.
+
+    Runs the bare model (a DDP forward would broadcast buffers, a collective that a
+    rank without pairs never joins) one pair at a time, since pairs may differ in size.
+    Every rank then makes the same two collectives, whether it had pairs or not.
+    """
+    cfg = engine.cfg
+    metrics = ChangeMetrics(num_classes=cfg.model.resolved_num_classes(), ignore_index=cfg.data.ignore_index)
+    model = engine.bare_model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=engine.device)
+    count = 0
+    with torch.inference_mode():
+        for sample in samples:
+            batch = {k: np.asarray(sample[k])[None] for k in ("t0", "t1", "mask")}
+            t0, t1, target = to_device_batch(batch, engine.device, channels_last=cfg.train.channels_last)
+            with autocast(engine.precision, engine.device):
+                logits = model(t0, t1)
+            logits = logits.float()
+            loss_sum += engine.loss_fn(logits, target).double()
+            metrics.update(logits.argmax(1), target)
+            count += 1
+    all_reduce_(metrics)
+    totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64, device=engine.device)]))
+    loss_total, count_total = totals.tolist()
+    return metrics, loss_total, int(count_total)
+
+
+def save_training_checkpoint(
+    engine: Engine, directory: str | Path, *, epoch: int, metrics: dict[str, float], config: dict[str, Any]
+) -> Path:
+    """Weights and ``model.json`` (loadable for inference) plus the optimiser, schedule
+    and scaler state that a resume needs, and the run's config."""
+    directory = Path(directory)
+    save_checkpoint(directory, engine.model, metadata={"epoch": epoch, "metrics": metrics, "run": engine.cfg.run.name})
+    state = {
+        "optimizer": engine.optimizer.state_dict(),
+        "scheduler": engine.scheduler.state_dict(),
+        "scaler": engine.scaler.state_dict(),
+        "epoch": epoch,
+    }
+    torch.save(state, directory / TRAIN_STATE_FILE)
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    return directory
+
+
+def restore_checkpoint(engine: Engine, directory: str | Path) -> int:
+    """Load a training checkpoint onto the engine's device; returns the epoch to start at."""
+    directory = Path(directory)
+    engine.bare_model.load_state_dict(load_file(str(directory / WEIGHTS_FILE), device=str(engine.device)))
+    state = torch.load(directory / TRAIN_STATE_FILE, map_location=engine.device, weights_only=True)
+    engine.optimizer.load_state_dict(state["optimizer"])
+    engine.scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        engine.scaler.load_state_dict(state["scaler"])
+    return int(state["epoch"]) + 1
