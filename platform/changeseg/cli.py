@@ -180,6 +180,7 @@ def score_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", required=True, help="manifest .parquet, shards, or a dataset layout (local or s3://)")
     parser.add_argument("--output", required=True, help="output folder (local or s3://); re-running resumes")
     parser.add_argument("--split", default=None, help="score only the records of this split (default: all)")
+    parser.add_argument("--retry-errors", action="store_true", help="score again the pairs whose earlier rows are errors")
     parser.add_argument("--config", help="YAML config (score.*, storage.*, tracking.*, data.layout ...)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. score.batch_size=4")
     args = parser.parse_args(argv)
@@ -192,7 +193,8 @@ def score_main(argv: list[str] | None = None) -> int:
     from changeseg.inference.batch import batch_score
 
     try:
-        summary = batch_score(cfg, model_uri=args.model, input_uri=args.input, output_uri=args.output, split=args.split)
+        summary = batch_score(cfg, model_uri=args.model, input_uri=args.input, output_uri=args.output, split=args.split,
+                              retry_errors=args.retry_errors)
     except (FileNotFoundError, LookupError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import warnings
+from collections.abc import Iterator
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from changeseg import storage
 from changeseg.config import StorageSection
@@ -38,10 +41,85 @@ CHANGESIM_COLOURS = {
 MAX_STRAY_FRACTION = 0.01
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Encoded bytes -> RGB uint8 array (H, W, 3)."""
-    with Image.open(io.BytesIO(data)) as img:
+# The only Pillow plugins that may parse stored or request bytes: no EPS (Ghostscript),
+# no PSD, no exotic formats whose decoders see little use.
+IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF")
+# Pillow modes with 16 bits per sample (greyscale); scaled to 8 bits, never clipped.
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header declares more pixels than the caller allows."""
+
+
+class UnsupportedImage(ValueError):
+    """An image this project will not turn into RGB (a mode without a faithful conversion)."""
+
+
+@contextlib.contextmanager
+def open_image(data: bytes, *, max_pixels: int | None = None) -> Iterator[Image.Image]:
+    """Pillow image of ``data`` in one of :data:`IMAGE_FORMATS`, its size checked from the
+    header (``max_pixels``) before any pixel is decoded."""
+    with warnings.catch_warnings():
+        # The caller's max_pixels is the limit; Pillow's own bomb check still errors at 2x its limit.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+        except Image.DecompressionBombError as err:
+            raise ImageTooLarge(str(err)) from None
+    with img:
+        width, height = img.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
+        yield img
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the header alone."""
+    with open_image(data) as img:
+        return img.size
+
+
+def _sixteen_to_eight(raw: np.ndarray) -> np.ndarray:
+    """16-bit samples -> 8 bits over the full range (65535 -> 255, rounded), as uint8."""
+    wide = np.clip(raw, 0, 65535).astype(np.uint32)
+    return ((wide * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """A decoded Pillow image -> RGB uint8; alpha composited over black; unfaithful modes refused."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT or (mode == "I" and img.format == "PNG"):
+        grey = _sixteen_to_eight(np.asarray(img))
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode in ("I", "F") or mode.startswith(("I;", "F;")):
+        raise UnsupportedImage(f"{img.format} image in mode {mode} (32-bit integer or float samples) is not supported; "
+                               "convert it to 8 or 16 bits per channel")
+    if mode in ("RGB", "L", "1", "CMYK", "YCbCr"):
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    if mode in ("RGBA", "LA", "La", "RGBa", "P", "PA"):
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.uint16)
+        alpha = rgba[..., 3:4]
+        if (alpha == 255).all():
+            return rgba[..., :3].astype(np.uint8)
+        # Transparent pixels (no data) become black in both images, so they read as unchanged.
+        return ((rgba[..., :3] * alpha + 127) // 255).astype(np.uint8)
+    raise UnsupportedImage(f"{img.format} image in mode {mode} is not supported; convert it to RGB or greyscale")
+
+
+def decode_image(data: bytes, *, max_pixels: int | None = None) -> np.ndarray:
+    """Encoded bytes -> RGB uint8 array (H, W, 3).
+
+    Only :data:`IMAGE_FORMATS` are opened; the EXIF orientation is applied; 16-bit
+    greyscale is scaled (not clipped) to 8 bits, palette and alpha images are expanded
+    (transparent pixels over black), CMYK and greyscale converted; 32-bit and float
+    samples are refused (:class:`UnsupportedImage`). ``max_pixels`` is checked from the
+    header before decoding (:class:`ImageTooLarge`).
+    """
+    with open_image(data, max_pixels=max_pixels) as img:
+        img.load()
+        oriented = ImageOps.exif_transpose(img)
+        return _to_rgb(oriented)
 
 
 def _binary(arr: np.ndarray, *, inverted: bool, check: bool) -> np.ndarray:
@@ -91,7 +169,8 @@ def decode_mask(
     outside ``0..num_classes-1`` other than ``ignore_index``, and a binary mask with more
     than 1 % of its pixels neither 0 nor 255.
     """
-    with Image.open(io.BytesIO(data)) as img:
+    with open_image(data) as opened:
+        img = _mask_mode(ImageOps.exif_transpose(opened))
         if mask_values.startswith("colormap:"):
             if not mask_values.startswith("colormap:changesim"):
                 raise ValueError(f"unknown mask colour map '{mask_values}'")
@@ -117,6 +196,18 @@ def decode_mask(
                 f"{_some_values(arr[bad])}"
             )
     return arr
+
+
+def _mask_mode(img: Image.Image) -> Image.Image:
+    """16-bit greyscale masks as 8-bit: values already below 256 (0/1, class ids) kept, else scaled."""
+    if img.mode in _SIXTEEN_BIT or img.mode == "I":
+        raw = np.asarray(img)
+        if raw.max(initial=0) < 256 and raw.min(initial=0) >= 0:
+            return Image.fromarray(raw.astype(np.uint8), mode="L")
+        if img.mode == "I" and raw.max(initial=0) > 65535:
+            raise UnsupportedImage(f"mask in mode {img.mode} holds values above 65535")
+        return Image.fromarray(_sixteen_to_eight(raw), mode="L")
+    return img
 
 
 def encode_png(array: np.ndarray) -> bytes:
@@ -145,15 +236,20 @@ def load_pair(
     num_classes: int | None = None,
     ignore_index: int = 255,
     resize: tuple[int, int] | None = None,
+    max_pixels: int | None = None,
 ) -> dict:
     """Read and decode one record's files; sizes must agree.
 
     The row's own ``mask_encoding`` (set by the dataset readers) wins over ``mask_values``.
-    ``resize`` = (H, W): images bilinear, mask nearest (class ids stay ids).
+    ``resize`` = (H, W): images bilinear, mask nearest (class ids stay ids). ``max_pixels``
+    refuses larger images from their header (:class:`ImageTooLarge`), before decoding.
     """
     pid = row["pair_id"]
-    t0 = decode_image(member_bytes(row, "t0", storage_options))
-    t1 = decode_image(member_bytes(row, "t1", storage_options))
+    try:
+        t0 = decode_image(member_bytes(row, "t0", storage_options), max_pixels=max_pixels)
+        t1 = decode_image(member_bytes(row, "t1", storage_options), max_pixels=max_pixels)
+    except ImageTooLarge as err:
+        raise ImageTooLarge(f"pair {pid}: {err}") from None
     if t0.shape != t1.shape:
         raise ValueError(f"pair {pid}: t0 is {t0.shape[:2]} but t1 is {t1.shape[:2]}")
     out = {"pair_id": pid, "t0": t0, "t1": t1}

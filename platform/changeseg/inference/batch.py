@@ -103,8 +103,17 @@ def load_input_records(input_uri: str, cfg: Config, *, split: str | None = None)
         require_masks=False,
         storage_options=cfg.storage,
     )
-    records = [r for r in scan.records if split is None or r.split == split]
-    problems = list(scan.problems)
+    from changeseg.inference.naming import UnsafePairId, check_pair_id
+
+    records, problems = [], list(scan.problems)
+    for record in scan.records:
+        if split is not None and record.split != split:
+            continue
+        try:
+            check_pair_id(record.pair_id)
+            records.append(record)
+        except UnsafePairId as err:  # ids name output files: never let one escape the output folder
+            problems.append((str(record.pair_id), str(err)))
     seen: set[str] = set()
     duplicated = sorted({r.pair_id for r in records if r.pair_id in seen or seen.add(r.pair_id)})
     if duplicated:
@@ -118,10 +127,42 @@ def read_results(output_uri: str, cfg: Config, *, columns: list[str] | None = No
     if not storage.is_dir(results, cfg.storage):
         return
     fs, _ = storage.filesystem_for(results, cfg.storage)
-    for uri in sorted(storage.list_files(results, cfg.storage)):
-        if uri.endswith(".parquet"):
-            path = storage.filesystem_for(uri, cfg.storage)[1]
-            yield pq.read_table(path, filesystem=fs, columns=columns)
+    for uri in _result_files(results, cfg):
+        path = storage.filesystem_for(uri, cfg.storage)[1]
+        yield pq.read_table(path, filesystem=fs, columns=columns)
+
+
+def _result_files(results_uri: str, cfg: Config) -> list[str]:
+    """Whole result files: ``*.parquet`` not starting with ``.`` or ``_`` (temporary files
+    of an interrupted flush start with ``.tmp-``)."""
+    names = []
+    for uri in sorted(storage.list_files(results_uri, cfg.storage)):
+        base = uri.rstrip("/").rsplit("/", 1)[-1]
+        if base.endswith(".parquet") and not base.startswith((".", "_")):
+            names.append(uri)
+    return names
+
+
+def drop_error_rows(output_uri: str, cfg: Config) -> int:
+    """Remove the ``error`` rows from the result files (each file rewritten whole), so those
+    pairs are scored again; returns how many were removed."""
+    results = storage.join(output_uri, "results")
+    if not storage.is_dir(results, cfg.storage):
+        return 0
+    removed = 0
+    for uri in _result_files(results, cfg):
+        fs, path = storage.filesystem_for(uri, cfg.storage)
+        table = pq.read_table(path, filesystem=fs)
+        keep = [s == "ok" for s in table.column("status").to_pylist()]
+        if all(keep):
+            continue
+        removed += keep.count(False)
+        kept = table.filter(pa.array(keep))
+        if kept.num_rows == 0:
+            fs.delete_file(path)
+        else:
+            _write_whole(kept, uri, cfg)
+    return removed
 
 
 # --- the model stage ---------------------------------------------------------------
@@ -157,109 +198,85 @@ class _Scorer:
     def __init__(self, *, checkpoint: list, info: dict, cfg_json: dict, output_uri: str) -> None:
         import ray
         import torch
-        from safetensors.torch import load as load_safetensors
 
-        from changeseg.models import model_from_config
+        from changeseg.inference.predictor import Predictor
 
-        # The weights travel once through the object store (a ref in a list is not auto-resolved).
-        checkpoint = ray.get(checkpoint[0])
+        # The weights travel once through the object store (a ref in a list is not auto-resolved);
+        # the driver holds that ref for the whole job, so actors started later still find it.
+        weights = ray.get(checkpoint[0])
         self.cfg = Config.model_validate(cfg_json)
         self.output = output_uri
         self.info = info
-        self.device = torch.device("cuda" if self.cfg.score.num_gpus > 0 and torch.cuda.is_available() else "cpu")
-        if self.device.type == "cpu":
+        score = self.cfg.score
+        device = "cuda" if score.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        if device == "cpu":
             # One intra-op thread per CPU the actor reserved (Ray's default is one in total).
-            torch.set_num_threads(max(1, int(self.cfg.score.cpus_per_actor)))
-        model_config = json.loads(checkpoint["config"])
-        model = model_from_config(model_config)
-        model.load_state_dict(load_safetensors(checkpoint["weights"]))
-        self.model = model.to(self.device).eval()
-        self.num_classes = int(getattr(model, "num_classes", model_config.get("num_classes", 2)))
+            torch.set_num_threads(max(1, int(score.cpus_per_actor)))
+        self.predictor = Predictor.from_bytes(
+            weights["meta"], weights["weights"], info=info, device=device, precision=score.precision,
+            channels_last=score.channels_last, tile_size=score.tile_size, tile_overlap=score.tile_overlap,
+            batch_size=score.batch_size, tta=score.tta,
+        )
+        self.num_classes = self.predictor.num_classes
 
-    def _forward(self, a, b):
-        return self.model(a.to(self.device), b.to(self.device)).softmax(1)
-
-    def _predict(self, t0s: list[np.ndarray], t1s: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
-        """Probabilities (C, H, W) per pair; same-size pairs share calls, large ones are tiled."""
-        import torch
-
-        from changeseg.data.decode import to_model_input
-        from changeseg.inference.tiling import predict_tiled, tile_starts
-
-        score = self.cfg.score
-        results: list[Any] = [None] * len(t0s)
-        groups: dict[tuple, list[int]] = {}
-        for i, img in enumerate(t0s):
-            groups.setdefault(img.shape, []).append(i)
-        with torch.inference_mode():
-            for shape, idx in groups.items():
-                h, w = shape[:2]
-                tiles = len(tile_starts(h, score.tile_size, score.tile_overlap)) * len(tile_starts(w, score.tile_size, score.tile_overlap))
-                for first in range(0, len(idx), score.batch_size if tiles == 1 else 1):
-                    chunk = idx[first : first + (score.batch_size if tiles == 1 else 1)]
-                    a = to_model_input(torch.from_numpy(np.stack([t0s[i] for i in chunk])))
-                    b = to_model_input(torch.from_numpy(np.stack([t1s[i] for i in chunk])))
-                    probs = predict_tiled(self._forward, a, b, tile=score.tile_size, overlap=score.tile_overlap,
-                                          batch_size=score.batch_size).float().cpu().numpy()
-                    for k, i in enumerate(chunk):
-                        results[i] = (probs[k], tiles)
-        return results
-
-    def __call__(self, batch: dict) -> dict:
-        import torch
-
-        from changeseg.inference.regions import summarize_mask
-        from changeseg.metrics import ChangeMetrics
-
-        score = self.cfg.score
+    def __call__(self, batch: dict) -> pa.Table:
         n = len(batch["pair_id"])
         good = [i for i in range(n) if not batch["error"][i]]
-        rows: list[dict] = []
-        start = time.perf_counter()
-        predicted: dict[int, tuple[np.ndarray, int]] = {}
         errors = {i: str(batch["error"][i]) for i in range(n) if batch["error"][i]}
-        if good:
-            try:
-                for i, res in zip(good, self._predict([batch["t0"][i] for i in good], [batch["t1"][i] for i in good])):
-                    predicted[i] = res
-            except Exception as err:  # a failed model call fails its pairs, not the job
-                for i in good:
-                    errors[i] = f"{type(err).__name__}: {err}"
+        start = time.perf_counter()
+        predicted = self.predictor.predict_pairs([batch["t0"][i] for i in good], [batch["t1"][i] for i in good],
+                                                 change=self.cfg.score.write_probabilities)
         per_pair_ms = (time.perf_counter() - start) * 1000 / max(len(good), 1)
+        results = dict(zip(good, predicted))
         scored_at = time.time()
+        rows: list[dict] = []
         for i in range(n):
-            pid = str(batch["pair_id"][i])
             row = {name: None for name in RESULT_SCHEMA.names}
-            row.update(pair_id=pid, scored_at=scored_at, model_name=str(self.info.get("name")), model_version=str(self.info.get("version") or ""),
-                       decode_ms=float(batch["decode_ms"][i]), has_truth=bool(batch["has_truth"][i]))
-            if i in predicted and i not in errors:
+            row.update(pair_id=str(batch["pair_id"][i]), scored_at=scored_at, model_name=str(self.info.get("name")),
+                       model_version=str(self.info.get("version") or ""), decode_ms=float(batch["decode_ms"][i]),
+                       has_truth=bool(batch["has_truth"][i]))
+            result = results.get(i)
+            if isinstance(result, Exception):  # a failed model call fails its pairs, not the job
+                errors[i] = f"{type(result).__name__}: {result}"
+            if i not in errors:
                 try:
-                    probs, tiles = predicted[i]
-                    pred = probs.argmax(0).astype(np.uint8)
-                    summary = summarize_mask(pred, ignore_index=None, min_area=score.min_region_area, max_regions=score.max_regions)
-                    mask_uri = storage.join(self.output, "masks", f"{pid}.png")
-                    # 0/255 for binary change so the PNG is viewable; class ids otherwise.
-                    storage.write_bytes(mask_uri, _png(pred * 255 if self.num_classes == 2 else pred), self.cfg.storage)
-                    prob_uri = None
-                    if score.write_probabilities:
-                        change = 1.0 - probs[0]  # probability of any change
-                        prob_uri = storage.join(self.output, "probabilities", f"{pid}.png")
-                        storage.write_bytes(prob_uri, _png(np.round(change * 255).astype(np.uint8)), self.cfg.storage)
-                    state = None
-                    if row["has_truth"]:
-                        metrics = ChangeMetrics(num_classes=self.num_classes, ignore_index=self.cfg.data.ignore_index)
-                        metrics.update(torch.from_numpy(pred).long(), torch.from_numpy(np.asarray(batch["mask"][i])).long())
-                        state = metrics.state().tolist()
-                    row.update(status="ok", error="", height=pred.shape[0], width=pred.shape[1], tiles=tiles,
-                               changed_fraction=summary["changed_fraction"], changed_pixels=summary["changed_pixels"],
-                               regions_total=summary["regions_total"], regions=json.dumps(summary["regions"]),
-                               mask_uri=mask_uri, probability_uri=prob_uri, inference_ms=per_pair_ms, metrics_state=state)
+                    row.update(self._outputs(row["pair_id"], result, batch["mask"][i] if row["has_truth"] else None))
+                    row["inference_ms"] = per_pair_ms
                 except Exception as err:
                     errors[i] = f"{type(err).__name__}: {err}"
             if i in errors:
                 row.update(status="error", error=errors[i])
             rows.append(row)
         return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+
+    def _outputs(self, pid: str, result, truth) -> dict:
+        """Write the pair's mask (and probability) PNGs; the row's fields for an ok pair."""
+        import torch
+
+        from changeseg.inference.naming import pair_file_name
+        from changeseg.inference.regions import summarize_mask
+        from changeseg.metrics import ChangeMetrics
+
+        score = self.cfg.score
+        pred = result.mask
+        summary = summarize_mask(pred, ignore_index=None, min_area=score.min_region_area, max_regions=score.max_regions)
+        mask_uri = storage.join(self.output, "masks", pair_file_name(pid, ".png"))
+        # 0/255 for binary change so the PNG is viewable; class ids otherwise.
+        storage.write_bytes(mask_uri, _png(pred * 255 if self.num_classes == 2 else pred), self.cfg.storage)
+        prob_uri = None
+        if result.change is not None:
+            prob_uri = storage.join(self.output, "probabilities", pair_file_name(pid, ".png"))
+            change8 = ((result.change.astype(np.uint32) + 128) // 257).astype(np.uint8)  # P(any change) x 255
+            storage.write_bytes(prob_uri, _png(change8), self.cfg.storage)
+        state = None
+        if truth is not None:
+            metrics = ChangeMetrics(num_classes=self.num_classes, ignore_index=self.cfg.data.ignore_index)
+            metrics.update(torch.from_numpy(pred).long(), torch.from_numpy(np.asarray(truth)).long())
+            state = metrics.state().tolist()
+        return dict(status="ok", error="", height=pred.shape[0], width=pred.shape[1], tiles=result.tiles,
+                    changed_fraction=summary["changed_fraction"], changed_pixels=summary["changed_pixels"],
+                    regions_total=summary["regions_total"], regions=json.dumps(summary["regions"]),
+                    mask_uri=mask_uri, probability_uri=prob_uri, metrics_state=state)
 
 
 # --- the driver ----------------------------------------------------------------------
@@ -295,42 +312,49 @@ class _ResultWriter:
         if not self.buffer:
             return
         table = pa.Table.from_pylist(self.buffer, schema=RESULT_SCHEMA)
-        uri = storage.join(self.dir, f"{self.prefix}-{self.files:05d}.parquet")
-        if storage.is_remote(uri):
-            fs, path = storage.filesystem_for(uri, self.cfg.storage)
-            pq.write_table(table, path, filesystem=fs)  # an S3 object appears whole or not at all
-        else:
-            Path(uri).parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=Path(uri).parent, prefix=".tmp-", suffix=".parquet")
-            os.close(fd)
-            pq.write_table(table, tmp)
-            os.replace(tmp, uri)  # atomic: a killed job never leaves half a file
+        _write_whole(table, storage.join(self.dir, f"{self.prefix}-{self.files:05d}.parquet"), self.cfg)
         self.files += 1
         self.buffer = []
 
 
+def _write_whole(table: pa.Table, uri: str, cfg: Config) -> None:
+    """Write a Parquet file that appears whole or not at all (readers skip ``.tmp-*``)."""
+    if storage.is_remote(uri):
+        fs, path = storage.filesystem_for(uri, cfg.storage)
+        pq.write_table(table, path, filesystem=fs)  # an S3 object appears whole or not at all
+        return
+    Path(uri).parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=Path(uri).parent, prefix=".tmp-", suffix=".parquet")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, uri)  # atomic: a killed job never leaves half a file under a result name
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _resolve_model(model_uri: str, cfg: Config) -> tuple[dict, dict]:
-    """Checkpoint bytes (config JSON + safetensors) and registry info, resolved once on the driver."""
+    """Checkpoint bytes (model.json + safetensors) and registry info, resolved once on the driver."""
     from changeseg.inference.predictor import resolve_model_dir
     from changeseg.models.weights import META_FILE, WEIGHTS_FILE
 
     with tempfile.TemporaryDirectory(prefix="changeseg-score-") as tmp:
         directory, info = resolve_model_dir(model_uri, tracking_uri=cfg.tracking.tracking_uri,
                                             storage_options=cfg.storage, download_dir=tmp)
-        meta = json.loads((directory / META_FILE).read_text())
+        meta = (directory / META_FILE).read_text()
         weights = (directory / WEIGHTS_FILE).read_bytes()
-    return {"config": json.dumps(meta["model"]), "weights": weights}, {k: v for k, v in info.items() if k != "metadata"}
+    return {"meta": meta, "weights": weights}, {k: v for k, v in info.items() if k != "metadata"}
 
 
-def batch_score(cfg: Config, *, model_uri: str, input_uri: str, output_uri: str, split: str | None = None) -> ScoreSummary:
-    """Score every pair of ``input_uri`` with ``model_uri`` into ``output_uri``; resumable."""
-    import ray
-    import ray.data
+def batch_score(
+    cfg: Config, *, model_uri: str, input_uri: str, output_uri: str, split: str | None = None, retry_errors: bool = False
+) -> ScoreSummary:
+    """Score every pair of ``input_uri`` with ``model_uri`` into ``output_uri``; resumable.
 
-    from changeseg.data.pipeline import load_options, source_dataset
-    from changeseg.metrics import ChangeMetrics
-    from changeseg.training.trainer import init_ray
-
+    ``retry_errors``: first remove the ``error`` rows of earlier runs (transient failures:
+    storage timeouts, a lost actor) from the result files, so those pairs are scored again.
+    """
     started = time.perf_counter()
     if not storage.is_remote(output_uri):
         output_uri = str(Path(output_uri.removeprefix("file://")).expanduser().resolve())
@@ -339,73 +363,103 @@ def batch_score(cfg: Config, *, model_uri: str, input_uri: str, output_uri: str,
     total = len(records) + len(problems)
     if total == 0:
         raise ValueError(f"no pairs found in {input_uri}")
+    if retry_errors:
+        log.info("retrying: %d error rows removed from %s", drop_error_rows(output_uri, cfg), output_uri)
 
     done: set[str] = set()
-    ok = errors = 0
-    steady = None
     for table in read_results(output_uri, cfg, columns=["pair_id"]):
         done.update(table.column("pair_id").to_pylist())
-    already = len(done)
     todo = [r for r in records if r.pair_id not in done]
     writer = _ResultWriter(output_uri, cfg)
     model_fields = {"model_name": str(info.get("name")), "model_version": str(info.get("version") or "")}
-    error_examples: list[list[str]] = []
     problem_rows = [
         {**{n: None for n in RESULT_SCHEMA.names}, **model_fields, "pair_id": pid, "status": "error", "error": why, "has_truth": False}
         for pid, why in problems if pid not in done
     ]
     writer.add(problem_rows)
-    errors += len(problem_rows)
-    error_examples += [[r["pair_id"], r["error"]] for r in problem_rows[:5]]
-    log.info("scoring %d pairs of %s with %s (%d already in %s)", len(todo), input_uri, model_uri, already, output_uri)
-
-    if todo:
-        init_ray(cfg)
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        score = cfg.score
-        # Decoding runs in tasks of their own (a resource shape unlike the actors', so Ray
-        # Data does not fuse the two), overlapping with the model instead of queueing behind it.
-        ds = source_dataset(todo, cfg).map(_Decode(load_options(cfg)), num_cpus=0.5)
-        ds = ds.map_batches(
-            _Scorer,
-            fn_constructor_kwargs={"checkpoint": [ray.put(checkpoint)], "info": info,
-                                   "cfg_json": cfg.model_dump(mode="json"), "output_uri": output_uri},
-            batch_size=score.batch_size,
-            compute=ray.data.ActorPoolStrategy(min_size=score.min_actors, max_size=score.max_actors),
-            num_gpus=score.num_gpus,
-            num_cpus=score.cpus_per_actor,
-            batch_format="numpy",
-            zero_copy_batch=True,
-        )
-        last_report = time.perf_counter()
-        scored = 0
-        stamps: list[float] = []
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            rows = batch.to_pylist()
-            stamps += [r["scored_at"] for r in rows if r["scored_at"]]
-            writer.add(rows)
-            scored += len(rows)
-            for row in rows:
-                if row["status"] == "ok":
-                    ok += 1
-                else:
-                    errors += 1
-                    if len(error_examples) < 5:
-                        error_examples.append([row["pair_id"], row["error"]])
-            now = time.perf_counter()
-            if now - last_report >= score.progress_seconds or scored == len(todo):
-                rate = scored / max(now - started, 1e-9)
-                eta = (len(todo) - scored) / rate if rate > 0 else float("inf")
-                print(f"[score] {scored}/{len(todo)} pairs, {rate:.2f} pairs/s, eta {eta:.0f} s, errors {errors}", flush=True)
-                last_report = now
-        stamps.sort()
-        first_batch = stamps.count(stamps[0]) if stamps else 0
-        if len(stamps) > first_batch and stamps[-1] > stamps[0]:
-            steady = (len(stamps) - first_batch) / (stamps[-1] - stamps[0])
+    log.info("scoring %d pairs of %s with %s (%d already in %s)", len(todo), input_uri, model_uri, len(done), output_uri)
+    error_examples = [[r["pair_id"], r["error"]] for r in problem_rows[:5]]
+    steady = _run_pipeline(cfg, todo, checkpoint, info, output_uri, writer, error_examples, started) if todo else None
     writer.flush()
 
-    # Totals and metrics over every result file (previous runs included), streamed file by file.
+    ok_all, err_all, rows_all, metrics = _totals(output_uri, cfg)
+    seconds = time.perf_counter() - started
+    scored_now = len(todo) + len(problem_rows)
+    summary = ScoreSummary(
+        model=info, input=input_uri, output=output_uri, pairs_total=total, already_done=len(done),
+        scored_now=scored_now, ok=ok_all, errors=err_all, seconds=round(seconds, 3),
+        pairs_per_second=round(scored_now / seconds, 3) if seconds > 0 else 0.0,
+        results=storage.join(output_uri, "results"), masks=storage.join(output_uri, "masks"),
+        steady_pairs_per_second=round(steady, 3) if steady else None,
+        metrics=metrics.compute() if metrics is not None else None, error_examples=error_examples[:5],
+    )
+    if rows_all != total:
+        log.warning("%s holds %d result rows for %d input pairs", summary.results, rows_all, total)
+    storage.write_bytes(storage.join(output_uri, "summary.json"), summary.to_json().encode(), cfg.storage)
+    return summary
+
+
+def _run_pipeline(cfg: Config, todo: list, checkpoint: dict, info: dict, output_uri: str, writer: "_ResultWriter",
+                  error_examples: list, started: float) -> float | None:
+    """Stream ``todo`` through decoding and the actor pool into ``writer``; returns the steady rate."""
+    import ray
+    import ray.data
+
+    from changeseg.data.pipeline import load_options, source_dataset
+    from changeseg.training.trainer import init_ray
+
+    init_ray(cfg)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    score = cfg.score
+    # Held here for the whole job: actors the pool starts late (scaling up, restarts)
+    # resolve it after the first ones, and the object must still exist then.
+    weights_ref = ray.put(checkpoint)
+    # Decoding runs in tasks of their own (a resource shape unlike the actors', so Ray
+    # Data does not fuse the two), overlapping with the model instead of queueing behind it.
+    load = {**load_options(cfg), "max_pixels": score.max_pixels}
+    ds = source_dataset(todo, cfg).map(_Decode(load), num_cpus=0.5)
+    ds = ds.map_batches(
+        _Scorer,
+        fn_constructor_kwargs={"checkpoint": [weights_ref], "info": info,
+                               "cfg_json": cfg.model_dump(mode="json"), "output_uri": output_uri},
+        batch_size=score.batch_size,
+        compute=ray.data.ActorPoolStrategy(min_size=score.min_actors, max_size=score.max_actors),
+        num_gpus=score.num_gpus,
+        num_cpus=score.cpus_per_actor,
+        batch_format="numpy",
+        zero_copy_batch=True,
+    )
+    last_report = time.perf_counter()
+    scored = errors = 0
+    stamps: list[float] = []
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        rows = batch.to_pylist()
+        stamps += [r["scored_at"] for r in rows if r["scored_at"]]
+        writer.add(rows)
+        scored += len(rows)
+        for row in rows:
+            if row["status"] != "ok":
+                errors += 1
+                error_examples.append([row["pair_id"], row["error"]])
+        now = time.perf_counter()
+        if now - last_report >= score.progress_seconds or scored == len(todo):
+            rate = scored / max(now - started, 1e-9)
+            eta = (len(todo) - scored) / rate if rate > 0 else float("inf")
+            print(f"[score] {scored}/{len(todo)} pairs, {rate:.2f} pairs/s, eta {eta:.0f} s, errors {errors}", flush=True)
+            last_report = now
+    del weights_ref  # the job is over; the object store may free the weights
+    stamps.sort()
+    first_batch = stamps.count(stamps[0]) if stamps else 0
+    if len(stamps) > first_batch and stamps[-1] > stamps[0]:
+        return (len(stamps) - first_batch) / (stamps[-1] - stamps[0])
+    return None
+
+
+def _totals(output_uri: str, cfg: Config):
+    """ok, error and row counts and merged metrics over every result file (earlier runs included)."""
     import torch
+
+    from changeseg.metrics import ChangeMetrics
 
     metrics = None
     ok_all = err_all = rows_all = 0
@@ -421,26 +475,4 @@ def batch_score(cfg: Config, *, model_uri: str, input_uri: str, output_uri: str,
                     metrics = m
                 else:
                     metrics.merge(m)
-    seconds = time.perf_counter() - started
-    scored_now = len(todo) + len(problem_rows)
-    summary = ScoreSummary(
-        model=info,
-        input=input_uri,
-        output=output_uri,
-        pairs_total=total,
-        already_done=already,
-        scored_now=scored_now,
-        ok=ok_all,
-        errors=err_all,
-        seconds=round(seconds, 3),
-        pairs_per_second=round(scored_now / seconds, 3) if seconds > 0 else 0.0,
-        results=storage.join(output_uri, "results"),
-        masks=storage.join(output_uri, "masks"),
-        steady_pairs_per_second=round(steady, 3) if steady else None,
-        metrics=metrics.compute() if metrics is not None else None,
-        error_examples=error_examples,
-    )
-    if rows_all != total:
-        log.warning("%s holds %d result rows for %d input pairs", summary.results, rows_all, total)
-    storage.write_bytes(storage.join(output_uri, "summary.json"), summary.to_json().encode(), cfg.storage)
-    return summary
+    return ok_all, err_all, rows_all, metrics

@@ -10,11 +10,25 @@ there are no seams: for a model whose receptive field reaches less than
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["tile_starts", "predict_tiled"]
+__all__ = ["Window", "plan_windows", "tile_starts", "predict_tiled"]
+
+
+class Window(NamedTuple):
+    """One input window (``y``, ``x``, ``height``, ``width``) and the output slice it owns."""
+
+    y: int
+    x: int
+    height: int
+    width: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -39,6 +53,16 @@ def _core_bounds(starts: list[int], tile: int, length: int) -> list[tuple[int, i
     return bounds
 
 
+def plan_windows(height: int, width: int, *, tile: int | None, overlap: int) -> list[Window]:
+    """The windows covering an image; one window (the whole image) when it fits in ``tile``."""
+    if tile is None or (height <= tile and width <= tile):
+        return [Window(0, 0, height, width, 0, height, 0, width)]
+    ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+    th, tw = min(tile, height), min(tile, width)
+    y_bounds, x_bounds = _core_bounds(ys, th, height), _core_bounds(xs, tw, width)
+    return [Window(y, x, th, tw, *yb, *xb) for y, yb in zip(ys, y_bounds) for x, xb in zip(xs, x_bounds)]
+
+
 def predict_tiled(
     forward: Callable[[Tensor, Tensor], Tensor],
     t0: Tensor,
@@ -58,22 +82,17 @@ def predict_tiled(
     n, _, height, width = t0.shape
     if height <= tile and width <= tile:
         return forward(t0, t1)
-    ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
-    th, tw = min(tile, height), min(tile, width)
-    windows = [(y, x) for y in ys for x in xs]
-    y_bounds = dict(zip(ys, _core_bounds(ys, th, height)))
-    x_bounds = dict(zip(xs, _core_bounds(xs, tw, width)))
+    windows = plan_windows(height, width, tile=tile, overlap=overlap)
     out: Tensor | None = None
     for first in range(0, len(windows), max(1, batch_size)):
-        chunk = windows[first : first + batch_size]
-        a = torch.cat([t0[:, :, y : y + th, x : x + tw] for y, x in chunk])
-        b = torch.cat([t1[:, :, y : y + th, x : x + tw] for y, x in chunk])
+        chunk = windows[first : first + max(1, batch_size)]
+        a = torch.cat([t0[:, :, w.y : w.y + w.height, w.x : w.x + w.width] for w in chunk])
+        b = torch.cat([t1[:, :, w.y : w.y + w.height, w.x : w.x + w.width] for w in chunk])
         pred = forward(a, b)
         if out is None:
             out = pred.new_empty((n, pred.shape[1], height, width))
-        for k, (y, x) in enumerate(chunk):
-            (y0, y1), (x0, x1) = y_bounds[y], x_bounds[x]
+        for k, w in enumerate(chunk):
             piece = pred[k * n : (k + 1) * n]
-            out[:, :, y0:y1, x0:x1] = piece[:, :, y0 - y : y1 - y, x0 - x : x1 - x]
+            out[:, :, w.y0 : w.y1, w.x0 : w.x1] = piece[:, :, w.y0 - w.y : w.y1 - w.y, w.x0 - w.x : w.x1 - w.x]
     assert out is not None
     return out

@@ -17,6 +17,9 @@ from torch import nn
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
+# What a checkpoint's model.json may pass to create_model: the architecture, nothing that
+# makes loading read other files or URIs (weights, weights_file, storage_options).
+ARCHITECTURE_KEYS = frozenset({"name", "backbone", "mtf", "msf_scales", "head", "num_classes", "msf_width", "head_channels"})
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -42,17 +45,42 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_checkpoint(directory: str | Path, *, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model from ``model.json`` and load its weights; returns (model, metadata)."""
-    from changeseg.models import model_from_config
+def architecture(config: Any) -> dict[str, Any]:
+    """The architecture arguments of a checkpoint's ``model`` entry; any other key is refused."""
+    if not isinstance(config, dict):
+        raise ValueError(f"checkpoint {META_FILE}: 'model' must be an object, got {type(config).__name__}")
+    extra = sorted(str(k) for k in config if k not in ARCHITECTURE_KEYS)
+    if extra:
+        raise ValueError(f"checkpoint {META_FILE}: 'model' may hold architecture keys only, not {', '.join(extra)}")
+    return dict(config)
 
+
+def model_from_checkpoint(meta: dict[str, Any], weights: bytes | str | Path, *, map_location: str | torch.device = "cpu") -> nn.Module:
+    """The model a checkpoint describes: ``meta`` from ``model.json``, weights as safetensors bytes or a file."""
+    from safetensors.torch import load as load_bytes
+
+    from changeseg.models import create_model
+
+    if not isinstance(meta, dict):
+        raise ValueError(f"checkpoint {META_FILE} must hold a JSON object")
+    model = create_model(**architecture(meta.get("model")))
+    if isinstance(weights, (bytes, bytearray)):
+        state = load_bytes(bytes(weights))
+    else:
+        state = load_file(str(weights), device=str(map_location))
+    model.load_state_dict(state)
+    return model
+
+
+def load_checkpoint(directory: str | Path, *, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model from ``model.json`` (architecture keys only) and load its weights;
+    returns (model, metadata)."""
     directory = Path(directory)
     meta = read_metadata(directory)
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"checkpoint has no weights file: {weights}")
-    model = model_from_config(meta["model"])
-    model.load_state_dict(load_file(str(weights), device=str(map_location)))
+    model = model_from_checkpoint(meta, weights, map_location=map_location)
     return model, meta.get("metadata", {})
 
 
