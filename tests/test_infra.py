@@ -156,7 +156,8 @@ def test_mlflow_server_uses_a_database_and_object_storage():
     flags = set(re.findall(r"(--[a-z-]+)", command))
     known = {opt for param in server.params for opt in param.opts}
     assert flags <= known, f"mlflow server has no {flags - known}"
-    assert {"--backend-store-uri", "--artifacts-destination", "--serve-artifacts"} <= flags
+    assert {"--backend-store-uri", "--artifacts-destination", "--serve-artifacts", "--app-name"} <= flags
+    assert "--app-name basic-auth" in command  # every client logs in
     assert '"${MLFLOW_HOST:-127.0.0.1}"' in command  # loopback unless told otherwise
 
     compose = yaml.safe_load((INFRA / "mlflow" / "docker-compose.yaml").read_text())

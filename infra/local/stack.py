@@ -6,13 +6,15 @@
 ``up`` starts, each in a process group of its own:
 
 - ``s3``: a loopback S3 server (moto) with the bucket ``changeseg``;
-- ``mlflow``: an MLflow server, runs and registry in SQLite, artifacts in
-  ``s3://changeseg/mlflow-artifacts`` on that S3 (uploaded through the server);
+- ``mlflow``: an MLflow server with basic authentication (``--app-name basic-auth``),
+  runs, registry and users in SQLite, artifacts in ``s3://changeseg/mlflow-artifacts`` on
+  that S3 (uploaded through the server); an admin with a generated password, the jobs'
+  user ``changeseg-train`` and the read-only ``changeseg-serve`` (infra/mlflow/users.py);
 - ``ray-head`` and ``ray-worker``: a Ray head and a second Ray node joined to it, with
   token authentication, each offering ``--node-cpus`` logical CPUs.
 
 Ports are free ones chosen at start. The state folder gets ``stack.json`` (ports,
-process groups, environment), ``env`` (``source`` it to point ``ray job submit``,
+process groups, environment, the MLflow users' passwords; mode 600), ``env`` (the jobs' user) (``source`` it to point ``ray job submit``,
 ``serve deploy``, MLflow and S3 clients at the stack) and the logs. The Ray nodes carry
 the same variables, as a cluster's nodes carry their secrets, and this repository on
 ``PYTHONPATH``, as the container image has it, so ``serve.app:app`` imports everywhere.
@@ -25,6 +27,7 @@ stack's Ray folder (job drivers run in sessions of their own); it never runs
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import secrets
@@ -122,6 +125,31 @@ def _start(name: str, cmd: list[str], *, env: dict, state_dir: Path, wait: bool 
     return proc.pid
 
 
+def _mlflow_users():
+    spec = importlib.util.spec_from_file_location("mlflow_users", ROOT / "infra" / "mlflow" / "users.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _mlflow_auth_env(state_dir: Path, admin_password: str) -> dict[str, str]:
+    """The MLflow server's own settings: the auth app's config file and secrets."""
+    config = state_dir / "mlflow-auth.ini"
+    config.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{state_dir.resolve() / 'mlflow-auth.db'}\n"
+        "admin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    config.chmod(0o600)
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+    }
+
+
 def _ray_node_ports() -> list[str]:
     # Every port a node opens, so two nodes (and other Ray instances) share the machine.
     return [
@@ -141,12 +169,19 @@ def up(state_dir: Path, *, node_cpus: int) -> dict:
     ports = {name: free_port() for name in ("s3", "mlflow", "gcs", "dashboard", "client")}
     # Short, unique: Ray puts Unix sockets under it (their paths are limited to ~100 bytes).
     ray_dir = f"/tmp/changeseg-stack-{secrets.token_hex(4)}"
+    users = _mlflow_users()
+    credentials = {"admin": ["admin", secrets.token_hex(16)],
+                   "train": [users.TRAIN_USER, secrets.token_hex(16)],
+                   "serve": [users.SERVE_USER, secrets.token_hex(16)]}
     settings = {
         "RAY_ADDRESS": f"http://127.0.0.1:{ports['dashboard']}",
         "RAY_DASHBOARD_ADDRESS": f"http://127.0.0.1:{ports['dashboard']}",
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(16),
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports['mlflow']}",
+        # Jobs and replicas on the stack log and register as the jobs' user.
+        "MLFLOW_TRACKING_USERNAME": credentials["train"][0],
+        "MLFLOW_TRACKING_PASSWORD": credentials["train"][1],
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{ports['s3']}",
         "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{ports['s3']}",
         # The loopback server accepts any key; real clusters get these from a secret.
@@ -161,7 +196,8 @@ def up(state_dir: Path, *, node_cpus: int) -> dict:
     env.update({k: v for k, v in settings.items() if k not in client_only})
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    state = {"state_dir": str(state_dir), "ray_dir": ray_dir, "ports": ports, "settings": settings, "groups": {}}
+    state = {"state_dir": str(state_dir), "ray_dir": ray_dir, "ports": ports, "settings": settings,
+             "mlflow_users": credentials, "groups": {}}
 
     def save() -> None:
         state_file.write_text(json.dumps(state, indent=2))
@@ -177,11 +213,12 @@ def up(state_dir: Path, *, node_cpus: int) -> dict:
         boto3.client("s3", endpoint_url=settings["AWS_ENDPOINT_URL"], region_name="us-east-1",
                      aws_access_key_id="stack", aws_secret_access_key="stack").create_bucket(Bucket=BUCKET)
 
+        mlflow_env = env | _mlflow_auth_env(state_dir, credentials["admin"][1])
         state["groups"]["mlflow"] = _start("mlflow", [
-            str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{state_dir.resolve() / 'mlflow.db'}",
+            str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--backend-store-uri", f"sqlite:///{state_dir.resolve() / 'mlflow.db'}",
             "--artifacts-destination", f"s3://{BUCKET}/mlflow-artifacts", "--serve-artifacts",
             "--host", "127.0.0.1", "--port", str(ports["mlflow"]), "--workers", "1",
-        ], env=env, state_dir=state_dir)
+        ], env=mlflow_env, state_dir=state_dir)
         save()
 
         common = ["--node-ip-address=127.0.0.1", f"--num-cpus={node_cpus}", "--disable-usage-stats"]
@@ -198,6 +235,8 @@ def up(state_dir: Path, *, node_cpus: int) -> dict:
         save()
         _wait_http(f"{settings['MLFLOW_TRACKING_URI']}/health", timeout_s=120, what="MLflow",
                    log=state_dir / "logs" / "mlflow.log")
+        users.ensure_users(settings["MLFLOW_TRACKING_URI"], tuple(credentials["admin"]),
+                           dict(credentials[k] for k in ("train", "serve")))
     except BaseException:
         down(state_dir)
         raise
