@@ -14,18 +14,14 @@ from mlflow.pyfunc import PythonModel
 
 class ChangesegPyfunc(PythonModel):
     def load_context(self, context) -> None:
-        from changeseg.models.weights import find_checkpoint_dir, load_checkpoint
+        from changeseg.inference.predictor import Predictor
 
-        self.model, self.metadata = load_checkpoint(find_checkpoint_dir(context.artifacts["checkpoint"]))
-        self.model.eval()
+        # The inference core; fp32 so the answer matches the logged model on any device.
+        self.predictor = Predictor.from_dir(context.artifacts["checkpoint"], device="auto", precision="fp32")
+        self.model, self.metadata = self.predictor.model, self.predictor.info.get("metadata", {})
 
     def predict(self, context, model_input, params=None) -> np.ndarray:
-        import torch
-
-        t0 = torch.as_tensor(np.asarray(model_input["t0"], dtype=np.float32))
-        t1 = torch.as_tensor(np.asarray(model_input["t1"], dtype=np.float32))
-        with torch.inference_mode():
-            return self.model(t0, t1).softmax(1).numpy()
+        return self.predictor.proba_from_tensors(model_input["t0"], model_input["t1"])
 
 
 mlflow.models.set_model(ChangesegPyfunc())

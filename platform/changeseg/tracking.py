@@ -139,21 +139,24 @@ def log_overlays(cfg: Config, *, run_id: str, checkpoint_dir: Path, records: lis
 
     from changeseg.data.decode import load_pair
     from changeseg.inference import Predictor
-    from changeseg.models.weights import load_checkpoint
+    from changeseg.inference.naming import pair_file_name
     from changeseg.viz import overlay_panel
 
     count = min(cfg.train.num_overlays, len(records))
     if count == 0:
         return []
-    model, _ = load_checkpoint(checkpoint_dir)
-    predictor = Predictor(model)
+    predictor = Predictor.from_dir(checkpoint_dir)
     client = client_for(cfg.resolved_tracking_uri())
     logged = []
     with tempfile.TemporaryDirectory() as tmp:
         for record in records[:count]:
+            try:
+                path = Path(tmp) / pair_file_name(record.pair_id, ".png", flat=True)
+            except ValueError as err:  # an id that cannot name a file: no overlay for it
+                log.warning("no overlay for %r: %s", record.pair_id, err)
+                continue
             sample = load_pair(record.to_row(), mask_values=cfg.data.mask_values, storage_options=cfg.storage)
             pred = predictor.predict(sample["t0"], sample["t1"])[0]
-            path = Path(tmp) / f"{record.pair_id}.png"
             Image.fromarray(overlay_panel(sample["t0"], sample["t1"], pred, sample.get("mask"))).save(path)
             client.log_artifact(run_id, str(path), "overlays")
             logged.append(f"overlays/{path.name}")

@@ -193,20 +193,19 @@ def branch_panel(
     return np.concatenate(out[:-1], axis=0)
 
 
-def branch_panel_for(model: torch.nn.Module, t0: np.ndarray, t1: np.ndarray, **kwargs: Any) -> np.ndarray:
-    """Run ``model.forward_with_branches`` on one uint8 RGB pair and draw :func:`branch_panel`."""
-    if not hasattr(model, "forward_with_branches"):
-        raise TypeError(f"{type(model).__name__} has no MTF branches (forward_with_branches)")
+def branch_panel_for(model: Any, t0: np.ndarray, t1: np.ndarray, **kwargs: Any) -> np.ndarray:
+    """Run the MTF model (or a :class:`~changeseg.inference.predictor.Predictor` around it) on
+    one uint8 RGB pair through the inference core and draw :func:`branch_panel`."""
     from changeseg.inference.predictor import Predictor
 
-    device = next(model.parameters()).device
-    a, b = Predictor.to_tensor(t0).to(device), Predictor.to_tensor(t1).to(device)
+    if isinstance(model, Predictor):
+        prediction, branches = model.forward_with_branches(t0, t1)
+        return branch_panel(t0, t1, prediction, branches, index=0, **kwargs)
+    if not hasattr(model, "forward_with_branches"):
+        raise TypeError(f"{type(model).__name__} has no MTF branches (forward_with_branches)")
     was_training = model.training
-    model.eval()
     try:
-        with torch.inference_mode():
-            logits, branches = model.forward_with_branches(a, b)
+        prediction, branches = Predictor(model, device=next(model.parameters()).device).forward_with_branches(t0, t1)
     finally:
         model.train(was_training)
-    prediction = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
     return branch_panel(t0, t1, prediction, branches, index=0, **kwargs)

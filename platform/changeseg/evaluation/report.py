@@ -20,12 +20,11 @@ from __future__ import annotations
 import html
 import json
 import math
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,8 +32,10 @@ from torch import nn
 
 from changeseg.data.decode import load_pair
 from changeseg.evaluation.classical import cva_otsu
-from changeseg.inference.tiling import predict_tiled
 from changeseg.metrics import ChangeMetrics
+
+if TYPE_CHECKING:
+    from changeseg.inference.predictor import Predictor
 
 __all__ = ["Method", "model_method", "cva_method", "pair_counts", "swap_consistency", "evaluate_pairs", "write_report"]
 
@@ -52,29 +53,31 @@ class Method:
     predict: Callable[[np.ndarray, np.ndarray], np.ndarray]
     model: nn.Module | None = None
     description: str = ""
+    predictor: Any = None  # the Predictor behind a network method
 
 
 def model_method(
-    name: str, model: nn.Module, *, tile_size: int = 512, tile_overlap: int = 64, description: str = ""
+    name: str,
+    model: "nn.Module | Predictor",
+    *,
+    tile_size: int = 512,
+    tile_overlap: int = 64,
+    description: str = "",
 ) -> Method:
-    """A network as a :class:`Method`: eval mode, argmax of the logits, pairs larger than
-    ``tile_size`` predicted in overlapping windows (see :mod:`changeseg.inference.tiling`)."""
-    model.eval()
-    device = next(model.parameters()).device
-
-    def predict(t0: np.ndarray, t1: np.ndarray) -> np.ndarray:
-        a, b = _as_input(t0, device), _as_input(t1, device)
-        with torch.inference_mode():
-            logits = predict_tiled(model, a, b, tile=tile_size, overlap=tile_overlap)
-        return logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
-
-    return Method(name=name, predict=predict, model=model, description=description)
-
-
-def _as_input(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A network as a :class:`Method` through the inference core: argmax of the class
+    probabilities, pairs larger than ``tile_size`` predicted in overlapping windows (see
+    :mod:`changeseg.inference.tiling`). A :class:`Predictor` is used with its own settings."""
     from changeseg.inference.predictor import Predictor
 
-    return Predictor.to_tensor(image).to(device)
+    if isinstance(model, Predictor):
+        predictor = model
+    else:
+        predictor = Predictor(model, device=next(model.parameters()).device, tile_size=tile_size, tile_overlap=tile_overlap)
+
+    def predict(t0: np.ndarray, t1: np.ndarray) -> np.ndarray:
+        return predictor.predict(t0, t1)[0]
+
+    return Method(name=name, predict=predict, model=predictor.model, description=description, predictor=predictor)
 
 
 def cva_method() -> Method:
@@ -125,20 +128,20 @@ def swap_consistency(pred: np.ndarray, pred_swapped: np.ndarray, class_map: Sequ
     }
 
 
-def branch_symmetry(model: nn.Module, t0: np.ndarray, t1: np.ndarray) -> list[float] | None:
+def branch_symmetry(model: "nn.Module | Predictor", t0: np.ndarray, t1: np.ndarray) -> list[float] | None:
     """Per fused scale, ``||appear(t0, t1) - disappear(t1, t0)|| / ||appear(t0, t1)||``.
 
     0 means appear and disappear trade places exactly when the images are swapped (MTF
     modes with one shared appear/disappear conv do by construction). None when the model
     has no appear and disappear branches.
     """
-    if not hasattr(model, "forward_with_branches"):
+    from changeseg.inference.predictor import Predictor
+
+    if not hasattr(getattr(model, "model", model), "forward_with_branches"):
         return None
-    device = next(model.parameters()).device
-    a, b = _as_input(t0, device), _as_input(t1, device)
-    with torch.inference_mode():
-        _, forward = model.forward_with_branches(a, b)
-        _, backward = model.forward_with_branches(b, a)
+    predictor = model if isinstance(model, Predictor) else Predictor(model, device=next(model.parameters()).device)
+    _, forward = predictor.forward_with_branches(t0, t1)
+    _, backward = predictor.forward_with_branches(t1, t0)
     out = []
     for fwd, bwd in zip(forward, backward):
         if "appear" not in fwd or "disappear" not in bwd:
@@ -168,7 +171,10 @@ class EvaluationResult:
 
 
 def _safe_name(pair_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", pair_id)[:120]
+    """Image file stem and HTML anchor of a pair: the project's one id-to-file-name rule."""
+    from changeseg.inference.naming import pair_file_name
+
+    return pair_file_name(pair_id, flat=True)
 
 
 def _shrink(panel: np.ndarray) -> np.ndarray:
@@ -290,7 +296,7 @@ def evaluate_pairs(
             if images_dir is not None:
                 row["images"] = _draw(images_dir, pid, t0, t1, truth, predictions, methods[0], branch_pair=(w0, w1))
             if methods[0].model is not None:
-                symmetry = branch_symmetry(methods[0].model, w0, w1)
+                symmetry = branch_symmetry(methods[0].predictor or methods[0].model, w0, w1)
                 if symmetry is not None:
                     row["branch_asymmetry"] = symmetry
         rows.append(row)
@@ -366,7 +372,7 @@ def _draw(
     _save_png(_error_strip(t1, truth, predictions), images_dir / f"{stem}_errors.png")
     out["errors"] = f"images/{stem}_errors.png"
     if main.model is not None and hasattr(main.model, "forward_with_branches"):
-        _save_png(branch_panel_for(main.model, *branch_pair), images_dir / f"{stem}_branches.png")
+        _save_png(branch_panel_for(main.predictor or main.model, *branch_pair), images_dir / f"{stem}_branches.png")
         out["branches"] = f"images/{stem}_branches.png"
     return out
 
@@ -511,7 +517,10 @@ def evaluate(
     tracking_uri = cfg.resolved_tracking_uri()
 
     def load(uri: str) -> Predictor:
-        return Predictor.from_uri(uri, tracking_uri=tracking_uri, storage_options=cfg.storage)
+        score = cfg.score
+        return Predictor.from_uri(uri, tracking_uri=tracking_uri, storage_options=cfg.storage, device=_score_device(score),
+                                  precision=score.precision, channels_last=score.channels_last, tile_size=score.tile_size,
+                                  tile_overlap=score.tile_overlap, batch_size=score.batch_size, tta=score.tta)
 
     main = load(model_uri)
     num_classes = int(getattr(main.model, "num_classes", cfg.model.resolved_num_classes()))
@@ -570,10 +579,9 @@ def _method_for(predictor: Any, cfg: Any, *, fallback: str) -> Method:
         description = f"C-3PO {config.get('backbone')} MTF {config.get('mtf')} x{config.get('msf_scales')} {config.get('head')}"
     else:
         description = name.replace("_", "-")
-    return model_method(
-        name,
-        predictor.model,
-        tile_size=cfg.score.tile_size,
-        tile_overlap=cfg.score.tile_overlap,
-        description=description,
-    )
+    return model_method(name, predictor, description=description)
+
+
+def _score_device(score: Any) -> str:
+    """CUDA when ``score.num_gpus`` asks for it and one is there, else the CPU."""
+    return "cuda" if score.num_gpus > 0 and torch.cuda.is_available() else "cpu"

@@ -20,7 +20,9 @@ torchvision ``.pth`` state dict or ``.safetensors``) instead of the download cac
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from .backbones import Backbone, TimmBackbone
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SEGMENTATION_SOURCES", "LoadReport", "apply_weights", "load_imagenet_weights", "read_state_dict"]
+__all__ = ["SEGMENTATION_SOURCES", "LoadReport", "apply_weights", "load_imagenet_weights", "read_state_dict", "read_verified_state_dict"]
 
 
 @dataclass(frozen=True)
@@ -84,23 +86,51 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 
 def _torchvision_state(name: str, weights_file: str | None) -> tuple[dict[str, Tensor], str]:
-    """torchvision's default weights for model ``name``: from ``weights_file`` or the hub cache."""
+    """torchvision's default weights for model ``name``: from ``weights_file`` or the hub cache.
+
+    Loaded with ``weights_only=True`` (tensors, never arbitrary objects); a cached or
+    downloaded file must match the hash prefix in torchvision's file name.
+    """
     if weights_file:
         return read_state_dict(weights_file), weights_file
     weights = torchvision.models.get_model_weights(name).DEFAULT
+    cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    filename = weights.url.rsplit("/", 1)[-1]
+    path = cache_dir / filename
     try:
-        # torchvision's loader: $TORCH_HOME/hub/checkpoints when the file is there,
-        # otherwise a download checked against the hash in the file name.
-        return weights.get_state_dict(progress=False, check_hash=True), weights.url
-    except Exception as exc:  # no network, proxy, truncated file, ...
-        cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
-        filename = weights.url.rsplit("/", 1)[-1]
+        if not path.is_file():
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(weights.url, str(path), hash_prefix=_hash_prefix(filename), progress=False)
+        return read_verified_state_dict(path), weights.url
+    except Exception as exc:  # no network, proxy, truncated or tampered file, ...
         raise RuntimeError(
             f"could not load the {weights} weights for {name} ({type(exc).__name__}: {exc}). "
-            f"Offline: download {weights.url} elsewhere and either place it as {cache_dir / filename} "
+            f"Offline: download {weights.url} elsewhere and either place it as {path} "
             f"(the cache under $TORCH_HOME/hub/checkpoints) or pass its path as weights_file "
             f"(config: model.weights_file)."
         ) from exc
+
+
+def _hash_prefix(filename: str) -> str | None:
+    """The SHA-256 prefix torchvision puts in its file names (``resnet18-f37072fd.pth``)."""
+    match = re.search(r"-([a-f0-9]{6,})\.", filename)
+    return match.group(1) if match else None
+
+
+def read_verified_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """A cached weights file whose SHA-256 starts with the prefix in its name, read tensors-only."""
+    path = Path(path)
+    prefix = _hash_prefix(path.name)
+    if prefix is None:
+        raise ValueError(f"{path.name} carries no hash prefix to check it against")
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if not digest.hexdigest().startswith(prefix):
+        raise ValueError(f"{path} does not match its hash prefix {prefix} (SHA-256 {digest.hexdigest()[:16]}...): "
+                         "a truncated or altered file; delete it")
+    return read_state_dict(path)
 
 
 def _load_into(module: nn.Module, mapped: dict[str, Tensor], *, source: str, unused: list[str]) -> LoadReport:
