@@ -171,5 +171,6 @@ def test_operations_guide_names_files_that_exist():
     text = (ROOT / "docs" / "operations.md").read_text()
     paths = set(re.findall(r"`((?:infra|serve|jobs|docs)/[\w./-]+)`", text))
     assert len(paths) >= 8
-    missing = sorted(p for p in paths if not (ROOT / p).exists())
+    # infra/mlflow/.env is the copy of example.env users make; git ignores it.
+    missing = sorted(p for p in paths if not (ROOT / p).exists() and not p.endswith("/.env"))
     assert not missing, missing

@@ -1,6 +1,8 @@
 """End-to-end on the local multi-node stack (infra/local/stack.py, `make stack`): data on
 S3, fine-tuning submitted as a Ray job with DDP workers on both nodes, batch scoring with
-the registered version, then the Serve app deployed onto the cluster and queried over HTTP."""
+the registered version, then the Serve app deployed onto the cluster and queried over HTTP.
+MLflow runs with authentication: the jobs log in as their user, the serving user only
+reads, and a client without credentials cannot move an alias."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import numpy as np
 import pytest
 import requests
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from changeseg.serving.local import load_deploy_config
@@ -71,7 +74,36 @@ def _submit(env: dict, *entrypoint: str) -> str:
     return _run([str(BIN / "ray"), "job", "submit", f"--working-dir={ROOT}", "--", "python", *entrypoint], env)
 
 
-def test_stack_trains_on_two_nodes_scores_and_serves(stack, tmp_path):
+def _login(monkeypatch, user: list[str] | None) -> None:
+    """MLflow clients in this process read the standard variables on every request."""
+    for var, value in zip(("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"), user or (None, None)):
+        if value is None:
+            monkeypatch.delenv(var, raising=False)
+        else:
+            monkeypatch.setenv(var, value)
+
+
+def _assert_registry_guarded(uri: str, users: dict, monkeypatch) -> None:
+    """Anonymous: nothing. The serving user: reads, cannot move an alias. Jobs' user: can."""
+    registry = MlflowClient(uri)
+    _login(monkeypatch, None)
+    with pytest.raises(MlflowException) as anonymous:
+        registry.set_registered_model_alias("changeseg", "champion", "1")
+    assert anonymous.value.error_code == "UNAUTHENTICATED", anonymous.value
+    bare = requests.post(f"{uri}/api/2.0/mlflow/registered-models/alias", timeout=30,
+                         json={"name": "changeseg", "alias": "champion", "version": "1"})
+    assert bare.status_code == 401, bare.text
+    _login(monkeypatch, users["serve"])
+    assert int(registry.get_model_version_by_alias("changeseg", "champion").version) == 1
+    with pytest.raises(MlflowException) as reader:
+        registry.set_registered_model_alias("changeseg", "challenger", "1")
+    assert reader.value.error_code == "PERMISSION_DENIED", reader.value
+    _login(monkeypatch, users["train"])
+    registry.set_registered_model_alias("changeseg", "challenger", "1")
+    assert set(registry.get_registered_model("changeseg").aliases) == {"champion", "challenger"}
+
+
+def test_stack_trains_on_two_nodes_scores_and_serves(stack, tmp_path, monkeypatch):
     env, s3_url = stack["env"], stack["settings"]["AWS_ENDPOINT_URL"]
     s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1",
                       aws_access_key_id="stack", aws_secret_access_key="stack")
@@ -89,9 +121,11 @@ def test_stack_trains_on_two_nodes_scores_and_serves(stack, tmp_path):
     assert len({a["node_id"] for a in actors}) == 2, "DDP workers did not run on both nodes"
     runs = s3.list_objects_v2(Bucket="changeseg", Prefix="runs/stack/")["Contents"]
     assert any("/checkpoint_" in obj["Key"] for obj in runs)
+    _login(monkeypatch, stack["mlflow_users"]["train"])
     registry = MlflowClient(env["MLFLOW_TRACKING_URI"])
     version = registry.get_model_version_by_alias("changeseg", "champion")
     assert int(version.version) == 1  # a str over REST, an int from some stores
+    _assert_registry_guarded(env["MLFLOW_TRACKING_URI"], stack["mlflow_users"], monkeypatch)
 
     _submit(env, "jobs/batch_score.py", "--model", "models:/changeseg/1",
             "--input", "s3://changeseg/data", "--output", "s3://changeseg/scores")
