@@ -64,3 +64,13 @@ def test_missing_config_file_names_the_path(tmp_path):
 @pytest.mark.parametrize("path", sorted((ROOT / "jobs" / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_validate(path):
     load_config(path)
+
+
+@pytest.mark.parametrize("name", ["default", "vl_cmu_cd", "pcd", "changesim", "levir_cd"])
+def test_paper_recipes_start_pretrained_with_warmup(name):
+    """The paper always fine-tunes from pretrained weights, with max(5 epochs, 1000 iterations) of warm-up."""
+    from changeseg.models import resolve_model_args
+
+    cfg = load_config(ROOT / "jobs" / "configs" / f"{name}.yaml")
+    assert resolve_model_args(**cfg.model.factory_kwargs())["weights"] == "imagenet"
+    assert (cfg.train.warmup_epochs, cfg.train.warmup_steps) == (5, 1000)

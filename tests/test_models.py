@@ -326,3 +326,23 @@ def test_config_round_trip_reproduces_outputs():
         assert not torch.allclose(rebuilt(t0, t1), expected)  # fresh weights differ
         rebuilt.load_state_dict(model.state_dict())
         assert torch.equal(rebuilt(t0, t1), expected)
+
+
+def test_msf_head_runs_at_the_finest_fused_scale():
+    """MSF-k feeds the head at the finest of the k fused scales (ResNet: 1/32 ... 1/4)."""
+    seen = {}
+    for scales, stride in ((1, 32), (2, 16), (3, 8), (4, 4)):
+        model = create_model(msf_width=8, msf_scales=scales, head="fcn").eval()
+        handle = model.head.register_forward_hook(lambda m, i, o, s=scales: seen.__setitem__(s, i[0].shape[-2:]))
+        with torch.no_grad():
+            out = model(torch.rand(1, 3, 64, 96), torch.rand(1, 3, 64, 96))
+        handle.remove()
+        assert seen[scales] == (64 // stride, 96 // stride), scales
+        assert out.shape == (1, 2, 64, 96)
+
+
+def test_mobilenet_v2_ends_with_its_1280_channel_conv():
+    from changeseg.models import create_backbone
+
+    backbone = create_backbone(name="mobilenet_v2")
+    assert backbone.channels[-1] == 1280 and backbone.strides == (4, 8, 16, 32)

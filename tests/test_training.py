@@ -112,3 +112,40 @@ def test_finetune_tracks_registers_and_crowns(ray_local, tmp_path, tracking_uri)
     version = client.get_model_version_by_alias("changeseg", "champion")
     assert int(version.version) == result.registered["version"] == 1
     assert version.run_id == result.mlflow_run_id
+
+
+def _epoch_ids(dataset, *, world: int, epochs: int, batch_size: int) -> list[list[list[str]]]:
+    """Pair ids each of ``world`` consumers of a streaming split sees, epoch by epoch (as
+    Ray Train hands shards to its workers, consumed concurrently)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from changeseg.training.loop import shard_batches
+
+    shards = dataset.streaming_split(world, equal=True)
+
+    def consume(shard) -> list[list[str]]:
+        seen: list[list[str]] = []
+        for _ in range(epochs):
+            ids: list[str] = []
+            for _batch in shard_batches(shard, batch_size=batch_size, seen_ids=ids):
+                pass
+            seen.append(ids)
+        return seen
+
+    with ThreadPoolExecutor(world) as pool:
+        return list(pool.map(consume, shards))
+
+
+def test_training_data_is_reshuffled_every_epoch_and_split_disjointly(ray_local, tmp_path, tracking_uri):
+    ids = [f"p{i:02d}" for i in range(16)]
+    write_pair_folder(tmp_path / "d", ids, size=(16, 16))
+    cfg = _cfg(tmp_path, tracking_uri, data={"train_path": str(tmp_path / "d")})
+    records = scan_folder(str(tmp_path / "d"))
+    dataset = pair_dataset(records * 2, cfg, augment=True, shuffle_seed=7)  # data.repeat = 2
+    per_rank = _epoch_ids(dataset, world=2, epochs=2, batch_size=2)
+    for epoch in range(2):
+        seen = per_rank[0][epoch] + per_rank[1][epoch]
+        assert sorted(seen) == sorted(ids * 2)  # every copy of every pair once per epoch
+    assert per_rank[0][0] != per_rank[0][1]  # a fresh order each epoch
+    # Not the sorted order of the records: batches are not runs of neighbouring pairs.
+    assert per_rank[0][0] != sorted(per_rank[0][0])

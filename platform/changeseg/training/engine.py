@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +132,8 @@ def _wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     if device.type == "cuda" and dist.get_world_size() > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    # Gradients as views of DDP's buckets: no copy, and no stride mismatch warnings.
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
 
 
 def build_engine(
@@ -206,9 +208,12 @@ def _step(engine: Engine, t0: torch.Tensor, t1: torch.Tensor, target: torch.Tens
     if applied:
         engine.scaler.step(engine.optimizer)
         engine.scaler.update()
+        engine.scheduler.step()
     else:
         engine.optimizer.zero_grad(set_to_none=True)
-    engine.scheduler.step()  # the schedule follows planned steps, applied or not
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+            warnings.simplefilter("ignore", UserWarning)
+            engine.scheduler.step()  # the schedule follows planned steps, applied or not
     return loss.detach(), applied
 
 
