@@ -166,3 +166,67 @@ def test_killed_scoring_job_resumes_without_duplicates_or_gaps(tmp_path):
     rows = _results(output)
     assert sorted(r["pair_id"] for r in rows) == ids  # no duplicates, no gaps
     assert all(r["status"] == "ok" for r in rows)
+
+
+def test_hostile_ids_leftover_temp_files_pixel_cap_and_retry(ray_local, tmp_path):
+    """Pair ids that would escape the output get error rows; `.tmp-*` leftovers of an
+    interrupted flush are not results; a pair over score.max_pixels gets an error row from
+    its header; --retry-errors scores error pairs again, still one row per pair."""
+    from changeseg.data.manifest import write_manifest
+    from changeseg.data.records import PairRecord
+
+    model_dir = _checkpoint(tmp_path)
+    files = tmp_path / "files"
+    pairs = write_pair_folder(files, ["a", "b"], size=(32, 32), seed=7)
+    rng = np.random.default_rng(8)
+    for k in ("t0", "t1"):  # 64x64 = 4096 pixels: over a cap of 2048
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(files / k / "huge.png")
+    (files / "t1" / "late.png").write_bytes(b"not yet")  # a transient failure: fixed before the retry
+    Image.fromarray(pairs["a"]["t0"]).save(files / "t0" / "late.png")
+
+    def rec(pid, name):
+        return PairRecord(pair_id=pid, t0=str(files / "t0" / f"{name}.png"), t1=str(files / "t1" / f"{name}.png"), split="test")
+
+    records = [rec("a", "a"), rec("../../escaped", "b"), rec(str(tmp_path / "abs"), "b"), rec("sub/b", "b"),
+               rec("huge", "huge"), rec("late", "late")]
+    manifest = write_manifest(records, str(tmp_path / "manifest.parquet"))
+    output = tmp_path / "deep" / "out"
+    cfg = _cfg("score.max_pixels=2048", "score.min_actors=1", "score.max_actors=2", "score.batch_size=1")
+    summary = batch_score(cfg, model_uri=str(model_dir), input_uri=manifest, output_uri=str(output))
+
+    rows = {r["pair_id"]: r for r in _results(output)}
+    assert len(rows) == 6 and summary.pairs_total == 6
+    assert rows["a"]["status"] == "ok" and rows["sub/b"]["status"] == "ok"
+    assert (output / "masks" / "sub" / "b.png").is_file()
+    for bad in ("../../escaped", str(tmp_path / "abs")):
+        assert rows[bad]["status"] == "error" and bad in rows[bad]["error"]
+    assert not (tmp_path / "escaped.png").exists() and not (tmp_path / "abs.png").exists()
+    assert not list(tmp_path.glob("deep/*.png")) and not (tmp_path / "deep" / "escaped.png").exists()
+    assert rows["huge"]["status"] == "error" and "ImageTooLarge" in rows["huge"]["error"]
+    assert rows["late"]["status"] == "error"
+
+    # An interrupted flush: a zero-byte and a half-written temporary file.
+    whole = next((output / "results").glob("part-*.parquet")).read_bytes()
+    (output / "results" / ".tmp-zero.parquet").write_bytes(b"")
+    (output / "results" / ".tmp-half.parquet").write_bytes(whole[: len(whole) // 2])
+    again = batch_score(cfg, model_uri=str(model_dir), input_uri=manifest, output_uri=str(output))
+    assert again.already_done == 6 and again.scored_now == 0
+
+    Image.fromarray(pairs["a"]["t1"]).save(files / "t1" / "late.png")
+    retried = batch_score(cfg, model_uri=str(model_dir), input_uri=manifest, output_uri=str(output), retry_errors=True)
+    rows = _results(output)
+    assert sorted(r["pair_id"] for r in rows) == sorted(r.pair_id for r in records)  # still one row per pair
+    by_id = {r["pair_id"]: r for r in rows}
+    assert by_id["late"]["status"] == "ok" and by_id["huge"]["status"] == "error"
+    assert retried.ok == 3 and retried.errors == 3
+
+
+def test_actors_started_later_still_get_the_weights(ray_local, tmp_path):
+    """The pool grows from one actor to three while the job runs; every pair is scored."""
+    model_dir = _checkpoint(tmp_path)
+    archive = tmp_path / "archive"
+    ids = [f"p{i:02d}" for i in range(24)]
+    write_pair_folder(archive, ids, size=(32, 32), seed=9)
+    cfg = _cfg("score.min_actors=1", "score.max_actors=3", "score.batch_size=1", "score.cpus_per_actor=0.5")
+    summary = batch_score(cfg, model_uri=str(model_dir), input_uri=str(archive), output_uri=str(tmp_path / "out"))
+    assert summary.ok == len(ids) and summary.errors == 0, summary.error_examples

@@ -184,6 +184,16 @@ async def _unexpected_error(_request: Request, err: Exception):
     return _error_response(RequestError(500, "internal_error", f"{type(err).__name__}: the request could not be served"))
 
 
+def _short_reason(err: BaseException) -> str:
+    """A one-line reason for /readyz: our own message, or the error's type only (no remote
+    traceback, paths or addresses)."""
+    if isinstance(err, RequestError):
+        return err.message.splitlines()[0][:200]
+    if isinstance(err, asyncio.TimeoutError):
+        return "the default model did not load in time"
+    return f"the default model could not be loaded ({type(err).__name__})"
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -235,7 +245,8 @@ class ChangeAPI:
         self.settings = self.cfg.serve
         self.model = model
         self.catalog = ModelCatalog(
-            tracking_uri=self.cfg.resolved_tracking_uri(), name=self.cfg.tracking.registered_model, ttl_s=self.settings.alias_ttl_s
+            tracking_uri=self.cfg.resolved_tracking_uri(), name=self.cfg.tracking.registered_model,
+            ttl_s=self.settings.alias_ttl_s, timeout_s=self.settings.registry_timeout_s,
         )
         self.default_version = self.settings.default_version or self.cfg.tracking.alias
         self._warm_up()
@@ -255,17 +266,17 @@ class ChangeAPI:
     @api.get("/readyz", summary="readiness: the default version resolves and its model is loaded", responses={503: {"model": ErrorResponse}})
     async def readyz(self):
         try:
-            version = await asyncio.to_thread(self.catalog.resolve, self.default_version)
+            version = await self.catalog.resolve_async(self.default_version)
             handle = self.model.options(multiplexed_model_id=str(version))
             await asyncio.wait_for(_awaitable(handle.ready.remote()), self.settings.request_timeout_s)
-        except Exception as err:  # any failure means not ready; the reason goes back
-            message = err.message if isinstance(err, RequestError) else f"{type(err).__name__}: {err}"
-            return _error_response(RequestError(503, "not_ready", message))
+        except Exception as err:  # any failure means not ready; a short reason goes back, never a remote traceback
+            log.warning("not ready: %s", err)
+            return _error_response(RequestError(503, "not_ready", _short_reason(err)))
         return {"status": "ready", "default": self.default_version, "version": version}
 
     @api.get("/v1/models", summary="servable registry versions and aliases")
     async def models(self) -> dict:
-        listing = await asyncio.to_thread(self.catalog.listing)
+        listing = await self.catalog.call_async(self.catalog._listing)
         return {**listing, "default": self.default_version}
 
     @api.post(
@@ -284,28 +295,25 @@ class ChangeAPI:
         },
     )
     async def detect(self, request: Request):
+        # One deadline for the whole handler, body reading included: a slow client or a
+        # client-chosen proxy timeout (x-request-timeout-seconds) cannot hold it longer.
+        try:
+            return await asyncio.wait_for(self._detect(request), self.settings.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(504, "timeout", f"the request was not served within {self.settings.request_timeout_s} s") from None
+
+    async def _detect(self, request: Request):
         started = time.perf_counter()
         body = await _read_body(request, self.settings.max_body_bytes)
         fields = await self._parse(request, body)
         requested = fields.version or self.default_version
-        version = self.catalog.cached(requested) or await asyncio.to_thread(self.catalog.resolve, requested)
+        version = self.catalog.cached(requested) or await self.catalog.resolve_async(requested)
         # Small images are decoded and post-processed on the event loop: a thread hop
         # would cost more than the work. Large ones go to a thread to keep the loop free.
         small = len(body) <= _INLINE_BYTES and max(header_pixels(fields.t0), header_pixels(fields.t1)) <= _INLINE_PIXELS
         t0, t1 = self._decode(fields) if small else await asyncio.to_thread(self._decode, fields)
         decoded = time.perf_counter()
-
-        handle = self.model.options(multiplexed_model_id=str(version))
-        call = handle.predict.remote(t0, t1, fields.probabilities)
-        try:
-            result = await asyncio.wait_for(_awaitable(call), self.settings.request_timeout_s)
-        except asyncio.TimeoutError:
-            call.cancel()
-            raise RequestError(504, "timeout", f"no result within {self.settings.request_timeout_s} s") from None
-        except BackPressureError:
-            raise RequestError(503, "overloaded", "the model replicas' queues are full; retry later") from None
-        except LookupError as err:  # the version vanished between resolution and loading
-            raise RequestError(404, "unknown_version", str(err).splitlines()[-1]) from None
+        result = await self._call_model(version, t0, t1, fields.probabilities)
         inferred = time.perf_counter()
 
         if small:
@@ -323,6 +331,21 @@ class ChangeAPI:
             "total": round(1000 * (finished - started), 3),
         }
         return JSONResponse(payload)
+
+    async def _call_model(self, version: int, t0: np.ndarray, t1: np.ndarray, probabilities: bool) -> dict:
+        handle = self.model.options(multiplexed_model_id=str(version))
+        call = handle.predict.remote(t0, t1, probabilities)
+        try:
+            return await asyncio.wait_for(_awaitable(call), self.settings.request_timeout_s)
+        except (asyncio.TimeoutError, asyncio.CancelledError) as err:
+            call.cancel()
+            if isinstance(err, asyncio.CancelledError):
+                raise
+            raise RequestError(504, "timeout", f"no result within {self.settings.request_timeout_s} s") from None
+        except BackPressureError:
+            raise RequestError(503, "overloaded", "the model replicas' queues are full; retry later") from None
+        except LookupError as err:  # the version vanished between resolution and loading
+            raise RequestError(404, "unknown_version", str(err).splitlines()[-1][:200]) from None
 
     async def _parse(self, request: Request, body: bytes) -> _Fields:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -364,8 +387,12 @@ class ChangeAPI:
             data = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise RequestError(422, "bad_json", f"the body is not valid JSON: {err}") from None
+        except RecursionError:
+            raise RequestError(422, "bad_json", "the JSON body is nested too deeply") from None
         try:
             parsed = DetectJSON.model_validate(data)
+        except RecursionError:
+            raise RequestError(422, "invalid_request", "the JSON body is nested too deeply") from None
         except ValidationError as err:
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors())
             raise RequestError(422, "invalid_request", problems) from None
@@ -408,25 +435,29 @@ class _Item:
     probabilities: bool
 
 
-def _run_batch(items: list[_Item]) -> list[dict]:
-    """One forward pass per group of same-size pairs (all items share one model version)."""
-    out: list[dict | None] = [None] * len(items)
-    groups: dict[tuple, list[int]] = {}
+def _run_batch(items: list[_Item]) -> list[dict | Exception]:
+    """The inference core per model version: same-size pairs share forward passes within
+    the pixel budget, large pairs are tiled. A failing group fails only its own items."""
+    out: list[dict | Exception | None] = [None] * len(items)
+    by_model: dict[int, list[int]] = {}
     for i, item in enumerate(items):
-        groups.setdefault((id(item.predictor), item.t0.shape), []).append(i)
-    for indices in groups.values():
+        by_model.setdefault(id(item.predictor), []).append(i)
+    for indices in by_model.values():
         predictor = items[indices[0]].predictor
-        start = time.perf_counter()
-        proba = predictor.predict_proba(np.stack([items[i].t0 for i in indices]), np.stack([items[i].t1 for i in indices]))
-        masks = proba.argmax(1).astype(np.uint8)
-        elapsed_ms = 1000 * (time.perf_counter() - start)
-        for j, i in enumerate(indices):
+        change = any(items[i].probabilities for i in indices)
+        try:
+            results = predictor.predict_pairs([items[i].t0 for i in indices], [items[i].t1 for i in indices], change=change)
+        except Exception as err:  # noqa: BLE001 - handed to each request of this model
+            results = [err] * len(indices)
+        for i, res in zip(indices, results):
+            if isinstance(res, Exception):
+                out[i] = res
+                continue
             out[i] = {
-                "mask": masks[j],
-                # P(change) = 1 - P(no change), whatever the number of change classes.
-                "change_probability": (1.0 - proba[j, 0]).astype(np.float32) if items[i].probabilities else None,
-                "inference_ms": elapsed_ms,
-                "batch_size": len(indices),
+                "mask": res.mask,
+                "change_probability": res.change.astype(np.float32) / 65535.0 if items[i].probabilities else None,
+                "inference_ms": res.inference_ms,
+                "batch_size": res.batch_size,
             }
     return out
 
@@ -439,18 +470,21 @@ class ChangeModel:
         import torch
 
         cfg = build_config(config)
-        self.settings = cfg.serve
+        self.settings = settings = cfg.serve
         self.tracking_uri = cfg.resolved_tracking_uri()
         self.name = cfg.tracking.registered_model
-        wanted = self.settings.device
+        wanted = settings.device
         self.device = "cuda" if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()) else "cpu"
+        options = dict(device=self.device, precision=settings.precision, channels_last=settings.channels_last,
+                       tile_size=settings.tile_size, tile_overlap=settings.tile_overlap,
+                       batch_size=settings.max_batch_size, max_batch_pixels=settings.max_batch_pixels)
 
         async def load(model_id: str):
             from changeseg.inference import Predictor
 
             uri = f"models:/{self.name}/{model_id}"
             log.info("loading %s on %s", uri, self.device)
-            return await asyncio.to_thread(Predictor.from_uri, uri, tracking_uri=self.tracking_uri, device=self.device)
+            return await asyncio.to_thread(Predictor.from_uri, uri, tracking_uri=self.tracking_uri, **options)
 
         # Built here, not as a decorated method, so the bound comes from the config.
         self.load_model = serve.multiplexed(max_num_models_per_replica=self.settings.max_models_per_replica)(load)
@@ -463,7 +497,10 @@ class ChangeModel:
 
     async def predict(self, t0: np.ndarray, t1: np.ndarray, probabilities: bool = False) -> dict:
         predictor = await self.load_model(serve.get_multiplexed_model_id())
-        return await self._infer(_Item(predictor, t0, t1, probabilities))
+        result = await self._infer(_Item(predictor, t0, t1, probabilities))
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def _infer(self, items: list[_Item]) -> list[dict]:

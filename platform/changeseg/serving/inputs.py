@@ -11,7 +11,6 @@ import base64
 import binascii
 import io
 import posixpath
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from changeseg import storage
 from changeseg.config import ServeSection, StorageSection
+from changeseg.data.decode import ImageTooLarge, UnsupportedImage, decode_image, image_size
 
 
 class RequestError(Exception):
@@ -37,30 +37,29 @@ class RequestError(Exception):
 def decode_request_image(data: bytes, *, field: str, max_pixels: int, min_side: int = 1) -> np.ndarray:
     """Encoded bytes -> RGB uint8 (H, W, 3), with the size checked before pixels are decoded.
 
-    Pillow reads only the header on ``open``, so a small file that claims a huge size
-    (a decompression bomb) is refused before any memory is spent on it.
+    The project's one decoder (:func:`changeseg.data.decode.decode_image`): only PNG,
+    JPEG, TIFF, BMP, WebP and GIF are parsed, the pixel limit comes from the header (a
+    small file claiming a huge size is refused before any memory is spent), EXIF
+    orientation is applied, 16-bit and alpha images are converted faithfully.
     """
     if not data:
         raise RequestError(422, "empty_image", f"{field}: the image is empty")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-                if width * height > max_pixels:
-                    raise RequestError(
-                        413, "image_too_large", f"{field}: {width}x{height} pixels is more than the limit of {max_pixels}"
-                    )
-                if min(width, height) < min_side:
-                    raise RequestError(422, "image_too_small", f"{field}: {width}x{height} is smaller than {min_side} pixels a side")
-                img.load()
-                return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        width, height = image_size(data)
+        if min(width, height) < min_side:
+            raise RequestError(422, "image_too_small", f"{field}: {width}x{height} is smaller than {min_side} pixels a side")
+        if width * height > max_pixels:
+            raise RequestError(413, "image_too_large", f"{field}: {width}x{height} pixels is more than the limit of {max_pixels}")
+        return decode_image(data, max_pixels=max_pixels)
     except RequestError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except ImageTooLarge:
         raise RequestError(413, "image_too_large", f"{field}: the image is larger than the pixel limit of {max_pixels}") from None
+    except UnsupportedImage as err:
+        raise RequestError(422, "unsupported_image", f"{field}: {err}") from None
     except UnidentifiedImageError:
-        raise RequestError(422, "not_an_image", f"{field}: the bytes are not an image format this service reads") from None
+        raise RequestError(422, "not_an_image", f"{field}: the bytes are not an image format this service reads "
+                           "(PNG, JPEG, TIFF, BMP, WebP, GIF)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         # Truncated or corrupt data surfaces as one of these from the decoders.
         raise RequestError(422, "corrupt_image", f"{field}: the image could not be decoded ({err})") from None
@@ -69,10 +68,8 @@ def decode_request_image(data: bytes, *, field: str, max_pixels: int, min_side: 
 def header_pixels(data: bytes) -> float:
     """Pixels an encoded image declares in its header; infinity when unreadable."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as img:
-                return img.size[0] * img.size[1]
+        width, height = image_size(data)
+        return width * height
     except Exception:  # any unreadable header: the full decode reports the reason
         return float("inf")
 
@@ -96,7 +93,12 @@ def read_uri(uri: str, *, field: str, settings: ServeSection, storage_options: S
     """Read an image a request names by URI, only under ``settings.allowed_uri_prefixes``."""
     import pyarrow.fs as pafs
 
-    target = _normalised(uri)
+    if len(uri) > 4096 or any(ord(c) < 32 or ord(c) == 127 for c in uri):
+        raise RequestError(422, "bad_uri", f"{field}.uri holds a control character or is over 4096 characters")
+    try:
+        target = _normalised(uri)
+    except (OSError, ValueError):
+        raise RequestError(422, "bad_uri", f"{field}.uri is not a valid path or URI") from None
     allowed = [_normalised(p) for p in settings.allowed_uri_prefixes]
     if not any(target == p or target.startswith(p.rstrip("/") + "/") for p in allowed):
         raise RequestError(403, "uri_not_allowed", f"{field}.uri is not under a storage prefix this service may read")
