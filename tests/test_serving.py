@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -153,10 +154,85 @@ def test_catalog_resolves_aliases_with_a_ttl(registry):
         client.set_registered_model_alias("changeseg", "champion", "1")
     assert listing["aliases"] == {"champion": 2}
     assert [(v["version"], v["aliases"]) for v in listing["versions"]] == [(1, []), (2, ["champion"])]
-    for reference, status in [("7", 404), ("nobody", 404), ("../x", 422)]:
+    for reference, status in [("7", 404), ("nobody", 404), ("../x", 422), ("\uff11", 422), ("1" * 65, 422)]:
         with pytest.raises(RequestError) as err:
             catalog.resolve(reference)
         assert err.value.status == status
+    # Spellings of one number are one cache entry; misses are cached too, and the cache is bounded.
+    bounded = ModelCatalog(tracking_uri=uri, name="changeseg", ttl_s=5.0, max_entries=4, clock=lambda: now[0])
+    assert bounded.resolve("0001") == bounded.resolve("1") == 1 and bounded.cache_size() == 1
+    for k in range(10):
+        with pytest.raises(RequestError):
+            bounded.resolve(f"missing{k}")
+    assert bounded.cache_size() == 4
+    client.set_registered_model_alias("changeseg", "missing9", "2")
+    try:
+        with pytest.raises(RequestError, match="missing9"):  # the miss is remembered for the TTL
+            bounded.resolve("missing9")
+        now[0] += 5.1
+        assert bounded.resolve("missing9") == 2
+    finally:
+        client.delete_registered_model_alias("changeseg", "missing9")
+
+
+def test_an_unreachable_or_stalled_registry_is_503_within_the_deadline(monkeypatch):
+    import socket
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    with socket.socket() as stalled:  # accepts connections, never answers
+        stalled.bind(("127.0.0.1", 0))
+        stalled.listen(8)
+        for uri in (f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{stalled.getsockname()[1]}"):
+            catalog = ModelCatalog(tracking_uri=uri, name="changeseg", ttl_s=5.0, timeout_s=1.0)
+            for call in (lambda: catalog.resolve("champion"), catalog.listing):
+                start = time.perf_counter()
+                with pytest.raises(RequestError) as err:
+                    call()
+                assert err.value.status == 503 and err.value.code == "registry_unavailable", err.value.message
+                assert time.perf_counter() - start < 2.5
+            assert catalog.cache_size() == 0  # an outage is not remembered as a miss
+
+
+def _api(**serve):
+    """ChangeAPI's own class outside Serve (its handler methods, no replica)."""
+    from changeseg.serving.app import ChangeAPI
+
+    cls = ChangeAPI.func_or_class.__mro__[1]
+    api = cls.__new__(cls)
+    cls.__init__(api, None, {"tracking": {"tracking_uri": "sqlite:///unused.db"}, "serve": serve})
+    return api
+
+
+def test_the_handler_deadline_covers_reading_the_body():
+    import asyncio
+
+    from starlette.requests import Request
+
+    api = _api(request_timeout_s=0.3)
+
+    async def stalled():
+        await asyncio.sleep(30)
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/detect", "query_string": b"",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")]}
+    start = time.perf_counter()
+    with pytest.raises(RequestError) as err:
+        asyncio.run(api.detect(Request(scope, stalled)))
+    assert err.value.status == 504 and time.perf_counter() - start < 2
+
+
+def test_deep_json_and_control_characters_in_uris_are_client_errors():
+    api = _api(allowed_uri_prefixes=["/tmp"])
+    for body in [b"[" * 100_000, b'{"t0": ' + b"[" * 5000 + b"]" * 5000 + b', "t1": {"data": ""}}']:
+        with pytest.raises(RequestError) as err:
+            api._parse_json(body)
+        assert err.value.status == 422 and err.value.code in ("bad_json", "invalid_request")
+    body = json.dumps({"t0": {"uri": "/tmp/a\u0000.png"}, "t1": {"data": ""}}).encode()
+    with pytest.raises(RequestError) as err:
+        api._parse_json(body)
+    assert (err.value.status, err.value.code) == (422, "bad_uri")
 
 
 def test_size_mismatch_policies():
@@ -239,6 +315,9 @@ def test_bad_input_gets_a_clear_4xx_and_the_service_stays_up(server, registry):
         (detect(server, png(np.random.default_rng(0).integers(0, 256, (300, 300, 3), np.uint8)), good), 413, "body_too_large", ""),
         (detect(server, good, good, version="9"), 404, "unknown_version", "'9'"),
         (detect(server, good, good, version="no-such-alias"), 404, "unknown_version", "no-such-alias"),
+        (detect(server, good, good, version="\uff11"), 422, "bad_version", ""),
+        (requests.post(f"{server}/v1/detect", data=b"[" * 100_000, headers={"content-type": "application/json"}, timeout=30), 422, "bad_json", "deeply"),
+        (requests.post(f"{server}/v1/detect", json={"t0": {"uri": "/a\u0000b"}, "t1": {"data": "AAAA"}}, timeout=30), 422, "bad_uri", "t0"),
         (requests.post(f"{server}/v1/detect", files={"t0": ("a.png", good)}, timeout=30), 422, "missing_field", "t1"),
         (requests.post(f"{server}/v1/detect", json={"t0": {"data": "AAAA"}}, timeout=30), 422, "invalid_request", "t1"),
         (requests.post(f"{server}/v1/detect", json={"t0": {"data": "%%%"}, "t1": {"data": "AAAA"}}, timeout=30), 422, "bad_base64", "t0"),
@@ -248,8 +327,9 @@ def test_bad_input_gets_a_clear_4xx_and_the_service_stays_up(server, registry):
     ]
     for response, status, code, text in cases:
         assert_error(response, status, code, text)
-    # Nothing above took a replica down.
+    # Nothing above took a replica down; "0001" is version 1.
     assert detect(server, good, png(t1)).status_code == 200
+    assert detect(server, good, png(t1), version="0001").json()["model"]["version"] == 1
 
 
 def test_moved_champion_alias_is_picked_up_without_restart(server, registry):
