@@ -8,6 +8,9 @@
    and the ratio (b)/(a), steady state (from the first result batch on) and end to end.
 2. Memory: peak memory (PSS: shared pages count once) of the process tree (driver, Ray's own processes
    and workers) when scoring N and 10 N small pairs, each in a fresh process, and the ratio.
+3. Large pairs (``--large 8192``): peak memory scoring one pair of that size (tiled by the
+   inference core, window by window) against one of ``--large-base`` (2048), each in a
+   fresh process; bounded tiling keeps the ratio near the ratio of the uint8 images alone.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 from PIL import Image
 
 from changeseg.config import build_config
-from changeseg.data.decode import to_model_input
+from changeseg.inference.predictor import Predictor
 from changeseg.models import create_model
 from changeseg.models.weights import save_checkpoint
 
@@ -80,20 +83,15 @@ def tree_memory(pid: int) -> int:
 
 
 def bare_rate(model, pairs, batch: int) -> float:
-    model.eval()
-    with torch.inference_mode():
-        a = to_model_input(torch.from_numpy(np.stack([p[0] for p in pairs[:batch]])))
-        model(a, a)  # warm-up
-        start = time.perf_counter()
-        for first in range(0, len(pairs), batch):
-            chunk = pairs[first : first + batch]
-            a = to_model_input(torch.from_numpy(np.stack([p[0] for p in chunk])))
-            b = to_model_input(torch.from_numpy(np.stack([p[1] for p in chunk])))
-            model(a, b).softmax(1).argmax(1)
+    """Pairs/s of the inference core alone on pre-decoded pairs (same batching as the actors)."""
+    predictor = Predictor(model, batch_size=batch, precision="fp32")
+    predictor.predict_pairs([p[0] for p in pairs[:batch]], [p[1] for p in pairs[:batch]])  # warm-up
+    start = time.perf_counter()
+    predictor.predict_pairs([p[0] for p in pairs], [p[1] for p in pairs])
     return len(pairs) / (time.perf_counter() - start)
 
 
-def run_one(pairs: int, size: int, width: int) -> dict:
+def run_one(pairs: int, size: int, width: int, *, large: bool = False) -> dict:
     """Score ``pairs`` pairs in this process; return rates and the peak tree memory."""
     from changeseg.inference.batch import batch_score
 
@@ -106,7 +104,8 @@ def run_one(pairs: int, size: int, width: int) -> dict:
         # One actor with every core, as the bare loop has; decoding tasks share the cores.
         cores = os.cpu_count() or 1
         cfg = build_config(overrides=["score.batch_size=4", "score.max_actors=1", "score.flush_rows=64",
-                                      f"score.cpus_per_actor={cores}", f"ray.num_cpus={cores + 2}"])
+                                      f"score.cpus_per_actor={cores}", f"ray.num_cpus={cores + 2}",
+                                      f"score.max_pixels={max(size * size, 1024)}"])
         peak = [0]
         stop = threading.Event()
 
@@ -131,11 +130,17 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=128, help="MSF width of the scored model")
     parser.add_argument("--memory-pairs", type=int, default=100, help="N for the memory comparison (and 10 N)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory comparison")
+    parser.add_argument("--large", type=int, default=0, help="side of one large pair scored with bounded memory (e.g. 8192)")
+    parser.add_argument("--large-base", type=int, default=2048, help="side of the pair it is compared with")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--one-size", type=int, default=64, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        out = run_one(args.one, 64, 16)
+        out = run_one(args.one, args.one_size, 16)
         print(json.dumps({"pairs": out["pairs"], "peak_mb": out["peak_mb"]}))
+        return
+    if args.large:
+        large_pair(args.large_base, args.large)
         return
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -155,6 +160,17 @@ def main() -> None:
         peaks.append(json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"])
         print(f"peak memory (PSS) scoring {n} pairs of 64x64: {peaks[-1]:.0f} MiB", flush=True)
     print(f"memory ratio 10x pairs / 1x: {peaks[1] / peaks[0]:.2f}")
+
+
+def large_pair(base: int, large: int) -> None:
+    """Peak memory of scoring one base x base pair and one large x large pair, fresh processes."""
+    peaks = {}
+    for side in (base, large):
+        done = subprocess.run([sys.executable, __file__, "--one", "1", "--one-size", str(side)],
+                              capture_output=True, text=True, check=True)
+        peaks[side] = json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"]
+        print(f"peak memory (PSS) scoring one {side}x{side} pair: {peaks[side]:.0f} MiB", flush=True)
+    print(f"memory ratio {large}x{large} / {base}x{base}: {peaks[large] / peaks[base]:.2f}")
 
 
 if __name__ == "__main__":
