@@ -207,8 +207,16 @@ def test_pretrained_backbone_loads_from_offline_cache(tmp_path, monkeypatch):
     cache = tmp_path / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     reference = torchvision.models.resnet18(weights=None).state_dict()
-    torch.save(reference, cache / url.rsplit("/", 1)[-1])
-    bb = create_backbone(name="resnet18", pretrained=True)
+    cached = cache / url.rsplit("/", 1)[-1]
+    torch.save(reference, cached)
+    # Not torchvision's file (its SHA-256 does not start with the prefix in the name): refused.
+    with pytest.raises(RuntimeError, match="hash prefix"):
+        create_backbone(name="resnet18", pretrained=True)
+    # The same tensors given explicitly as weights_file load (tensors only).
+    from changeseg.models.pretrained import load_imagenet_weights
+
+    bb = create_backbone(name="resnet18")
+    load_imagenet_weights(bb, weights_file=str(cached))
     assert torch.equal(bb.stem[0].weight, reference["conv1.weight"])
     assert torch.equal(bb.layer4[1].bn2.running_var, reference["layer4.1.bn2.running_var"])
 
