@@ -3,9 +3,10 @@
 A private local instance is started without the dashboard (nothing listens beyond
 Ray's own ports). Ray Train's placement-group cleaner polls the State API, which the
 dashboard serves, and logs a warning every second when it is absent; Ray Train workers
-also log every ``ray.train.report`` payload at INFO. :func:`quiet_ray_loggers` keeps
-both out of the console (they stay in Ray's log files), so users read our progress
-lines and real errors.
+also log every ``ray.train.report`` payload at INFO, and Ray Data logs every dataset
+execution. :func:`quiet_ray_loggers` keeps these out of the console (they stay in
+Ray's log files), so users read our progress lines and real errors. Ray Train's own
+INFO lines are kept off the console by the trainer's ``LoggingConfig``.
 """
 
 from __future__ import annotations
@@ -14,29 +15,63 @@ import importlib.util
 import logging
 import math
 import os
+import threading
+import warnings
 
 from changeseg.config import Config
 
 __all__ = ["init_ray", "local_num_cpus", "quiet_ray_loggers"]
 
-# Ray loggers whose routine output drowns the console: (module, level kept).
-_NOISY_RAY_MODULES = {
+# Ray loggers whose routine output drowns the console: (logger name, level kept).
+_NOISY_RAY_LOGGERS = {
     "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
     "ray.train.v2._internal.execution.context": logging.WARNING,
 }
+_CLEANER_THREAD = "PlacementGroupCleanerMonitor"
+
+
+def _quiet_cleaner_thread(default_hook):
+    """A threading.excepthook that logs the placement-group cleaner's failure to reach the
+    State API at DEBUG instead of printing its traceback to the console."""
+
+    def hook(args):
+        if args.thread is not None and args.thread.name == _CLEANER_THREAD:
+            logging.getLogger(__name__).debug("placement group cleaner stopped", exc_info=args.exc_value)
+            return
+        default_hook(args)
+
+    hook.quiets_cleaner = True
+    return hook
+
+
+def _not_progress_notice(record: logging.LogRecord) -> bool:
+    """Drops Ray Data's "Progress bars disabled" notice (we disable them on purpose)."""
+    return not str(record.msg).startswith("Progress bars disabled")
 
 
 def quiet_ray_loggers() -> None:
-    """Raise the level of Ray's noisy loggers in this process (also the worker setup hook).
+    """Keep Ray's routine output off the console of this process; it stays in Ray's log
+    files. Runs in the driver and, as the worker setup hook, in every worker.
 
-    Some Ray modules name their logger after ``__file__`` instead of ``__name__``; both
-    names are covered.
+    Ray Data's console handler is raised to WARNING (its file handler keeps INFO);
+    some Ray modules name their logger after ``__file__``, so both names are covered.
     """
-    for module, level in _NOISY_RAY_MODULES.items():
-        logging.getLogger(module).setLevel(level)
-        spec = importlib.util.find_spec(module)
+    import ray.data  # noqa: F401  (configures the ray.data loggers; raise them afterwards)
+    from ray.util.annotations import RayDeprecationWarning
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if type(handler).__name__ != "SessionFileHandler":
+            handler.setLevel(logging.WARNING)
+            handler.addFilter(_not_progress_notice)
+    for name, level in _NOISY_RAY_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+        spec = importlib.util.find_spec(name)
         if spec is not None and spec.origin:
             logging.getLogger(spec.origin).setLevel(level)
+    # Deprecations inside Ray's own modules are not actionable by our users.
+    warnings.filterwarnings("ignore", category=RayDeprecationWarning)
+    if not getattr(threading.excepthook, "quiets_cleaner", False):
+        threading.excepthook = _quiet_cleaner_thread(threading.excepthook)
 
 
 def local_num_cpus(cfg: Config) -> int:
@@ -59,6 +94,7 @@ def init_ray(cfg: Config) -> None:
 
     if ray.is_initialized():
         return
+    quiet_ray_loggers()
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)

@@ -7,6 +7,7 @@ The driver owns the MLflow run; per-epoch metrics are logged by a Ray Train
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +23,9 @@ from ray.train import UserCallback
 from changeseg.config import Config
 
 log = logging.getLogger(__name__)
+# Jobs print their own progress lines; MLflow's per-download progress bars would
+# interleave with them.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 RUN_NAME_TAG = "changeseg.run_name"
 PYFUNC_CODE = Path(__file__).with_name("mlflow_pyfunc.py")

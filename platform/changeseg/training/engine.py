@@ -132,6 +132,9 @@ def _wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     if device.type == "cuda" and dist.get_world_size() > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
+    # 1x1 convolutions get gradients whose strides differ from the bucket's while meaning
+    # the same layout; DDP's warning about it is noise.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     # Gradients as views of DDP's buckets: no copy, and no stride mismatch warnings.
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
 
@@ -181,7 +184,14 @@ def to_device_batch(batch: Mapping[str, Any], device: torch.device, *, channels_
     and long targets on ``device``. Host memory is pinned for asynchronous copies to a GPU."""
 
     def move(value: Any) -> torch.Tensor:
-        tensor = torch.as_tensor(np.ascontiguousarray(value)) if not isinstance(value, torch.Tensor) else value
+        if isinstance(value, torch.Tensor):
+            tensor = value
+        else:
+            with warnings.catch_warnings():
+                # Ray Data hands out read-only arrays; nothing here writes to them (the
+                # float conversion and the pinned copy are new tensors).
+                warnings.simplefilter("ignore", UserWarning)
+                tensor = torch.as_tensor(np.ascontiguousarray(value))
         if device.type == "cuda" and tensor.device.type == "cpu":
             tensor = tensor.pin_memory()
         return tensor.to(device, non_blocking=True)

@@ -97,6 +97,9 @@ def finetune(cfg: Config) -> FinetuneResult:
     # Built once here so a bad architecture or unobtainable weights fail before Ray starts.
     create_model(**cfg.model.factory_kwargs(), storage_options=cfg.storage)
     init_ray(cfg)
+    # Per-epoch lines from the tracking callback are the progress report; Ray Data's
+    # per-operator bars would repeat every second for every epoch.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     plan = screen_plan(plan, cfg)
     steps_per_epoch = check_feasible(cfg, train_pairs=len(plan.train) * cfg.data.repeat)
     weights = resolve_class_weights(cfg, plan)
@@ -106,9 +109,6 @@ def finetune(cfg: Config) -> FinetuneResult:
     tracking.log_run_inputs(cfg, run_id=run.run_id, train_pairs=len(plan.train), val_pairs=len(plan.val), class_weights=weights)
     tracking.client_for(cfg.resolved_tracking_uri()).log_metric(run.run_id, "data_skipped_pairs", len(plan.skipped))
 
-    # Per-epoch lines from the tracking callback are the progress report; Ray Data's
-    # per-operator bars would repeat every second for every epoch.
-    ray.data.DataContext.get_current().enable_progress_bars = False
     storage_path, storage_fs = storage.ray_storage(cfg.run.storage_path, cfg.storage)
     train_ds = pair_dataset(
         plan.train * cfg.data.repeat, cfg, augment=True, shuffle_seed=cfg.run.seed
@@ -133,6 +133,8 @@ def finetune(cfg: Config) -> FinetuneResult:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             callbacks=[tracking.MLflowEpochLogger(tracking_uri=cfg.resolved_tracking_uri(), run_id=run.run_id)],
+            # Ray Train's INFO lines go to its log files only; the console gets ours.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
         datasets={"train": train_ds},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
