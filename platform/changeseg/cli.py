@@ -1,4 +1,4 @@
-"""Command line: ``changeseg finetune|demo|export|prepare|score|evaluate``; the jobs/ scripts call the same functions."""
+"""Command line: ``changeseg finetune|demo|export|prepare|score|evaluate|serve``; the jobs/ scripts call the same functions."""
 
 from __future__ import annotations
 
@@ -251,6 +251,33 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def serve_main(argv: list[str] | None = None) -> int:
+    from changeseg.serving.local import DEFAULT_CONFIG
+
+    parser = argparse.ArgumentParser(
+        prog="changeseg serve",
+        description="Serve registered models over HTTP (Ray Serve) until interrupted; a private Ray "
+        "instance starts with token authentication and without the dashboard (ray.dashboard=true starts it "
+        "on 127.0.0.1), unless ray.address / RAY_ADDRESS names a cluster.",
+    )
+    parser.add_argument("--config", help="YAML config (for ray.* and storage.*; defaults when omitted)")
+    parser.add_argument("--serve-config", default=str(DEFAULT_CONFIG), help="Ray Serve config file (default: %(default)s)")
+    parser.add_argument("--port", type=int, help="HTTP port (default: the serve config's)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. ray.dashboard=true")
+    args = parser.parse_args(argv)
+    setup_logging()
+    cfg = _config_or_report(args)
+    if cfg is None:
+        return 2
+    if not Path(args.serve_config).is_file():
+        print(f"error: serve config not found: {args.serve_config}", file=sys.stderr)
+        return 2
+    from changeseg.serving.local import run_server
+
+    run_server(cfg, config_path=args.serve_config, port=args.port)
+    return 0
+
+
 COMMANDS = {
     "finetune": finetune_main,
     "demo": demo_main,
@@ -258,6 +285,7 @@ COMMANDS = {
     "prepare": prepare_main,
     "score": score_main,
     "evaluate": evaluate_main,
+    "serve": serve_main,
 }
 
 

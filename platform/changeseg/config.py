@@ -105,6 +105,19 @@ class DataSection(_Section):
     # crop: a few large images (AirChange's 952x640) then give many 256-px samples.
     repeat: int = Field(1, ge=1)
     synthetic: SyntheticSection = SyntheticSection()
+    # Rasters read with rasterio (.tif and other GDAL formats), see changeseg.data.raster.
+    # Bands to read, 1-based; null: the first three (a single band repeated three times).
+    bands: list[int] | None = None
+    # What each chosen band is ("red", "green", "blue", "nir", ...): the bands named red,
+    # green and blue take the pretrained RGB filters; null: the first three are R, G, B.
+    band_roles: list[str] | None = None
+    # Values -> [0, 1]: "dtype" (divide by the type's maximum), "range" (value_range),
+    # "percentile" (percentiles per band per scene, from an overview or a sample).
+    scaling: Literal["dtype", "range", "percentile"] = "dtype"
+    value_range: tuple[float, float] | None = None
+    percentiles: tuple[float, float] = (2.0, 98.0)
+    # Georeferenced pairs on different grids: "reproject" t1 onto t0's grid, or "reject".
+    align: Literal["reproject", "reject"] = "reproject"
 
     @field_validator("scale_jitter")
     @classmethod
@@ -118,6 +131,26 @@ class DataSection(_Section):
         if self.scale_jitter is not None and self.crop_size is None:
             raise ValueError("data.scale_jitter needs data.crop_size (batches need one size)")
         return self
+
+    @model_validator(mode="after")
+    def _raster_options(self) -> "DataSection":
+        if self.bands is not None and (not self.bands or min(self.bands) < 1):
+            raise ValueError("data.bands must list band numbers from 1")
+        if self.scaling == "range" and (self.value_range is None or self.value_range[0] >= self.value_range[1]):
+            raise ValueError("data.scaling=range needs data.value_range [low, high] with low < high")
+        if not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
+            raise ValueError("data.percentiles must be [low, high] with 0 <= low < high <= 100")
+        if self.band_roles is not None and self.bands is not None and len(self.band_roles) != len(self.bands):
+            raise ValueError(f"data.band_roles names {len(self.band_roles)} bands but data.bands picks {len(self.bands)}")
+        return self
+
+    def rgb_positions(self) -> list[int] | None:
+        """Input channels holding red, green, blue (from band_roles), or None for the first three."""
+        if not self.band_roles:
+            return None
+        roles = [r.lower() for r in self.band_roles]
+        missing = [c for c in ("red", "green", "blue") if c not in roles]
+        return None if missing else [roles.index(c) for c in ("red", "green", "blue")]
 
 
 class ModelSection(_Section):
@@ -140,6 +173,14 @@ class ModelSection(_Section):
     weights: str | None = None
     weights_file: str | None = None
     pretrained_backbone: bool = False
+    # Input channels (bands); null: len(data.bands), else 3. Pretrained first convolutions
+    # are adapted (see changeseg.models.channels).
+    in_channels: int | None = Field(None, ge=1)
+    # Which input channels are R, G, B (0-based); null: from data.band_roles, else 0, 1, 2.
+    rgb_channels: list[int] | None = None
+    # Normalisation of every input channel; null: ImageNet's for RGB, 0.45 / 0.225 for the rest.
+    channel_mean: list[float] | None = None
+    channel_std: list[float] | None = None
 
     def factory_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for create_model (unset architecture fields left out)."""
@@ -172,8 +213,18 @@ class TrainSection(_Section):
     warmup_epochs: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
     # "auto": the paper's area-ratio weights from the training masks; "sqrt": the same
-    # with the square root of the ratio (fewer false alarms); "none": unweighted.
-    class_weights: Literal["auto", "sqrt", "none"] | list[float] = "auto"
+    # with the square root of the ratio (fewer false alarms); "capped": the ratio capped
+    # at class_weight_cap (rare change is not pushed to a flood of false alarms);
+    # "none": unweighted.
+    class_weights: Literal["auto", "sqrt", "capped", "none"] | list[float] = "auto"
+    class_weight_cap: float = Field(3.0, ge=1.0)
+    # "ce": (weighted) cross entropy; "ce_dice": plus the soft Dice loss of the change
+    # class, which scores overlap and so does not reward calling everything change.
+    loss: Literal["ce", "ce_dice"] = "ce"
+    # The stored operating point (binary models): best F1 on the validation pairs, or
+    # the threshold of highest recall at this precision (or highest precision at this recall).
+    target_precision: float | None = Field(None, gt=0.0, le=1.0)
+    target_recall: float | None = Field(None, gt=0.0, le=1.0)
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
@@ -213,6 +264,9 @@ class RaySection(_Section):
 
     address: str | None = None
     num_cpus: int | None = Field(None, ge=1)
+    # A private instance starts without Ray's dashboard; true starts it on 127.0.0.1
+    # (reach it from elsewhere through an SSH tunnel).
+    dashboard: bool = False
 
 
 class ServeSection(_Section):
@@ -280,6 +334,15 @@ class ScoreSection(_Section):
     max_pixels: int = Field(8192 * 8192, ge=1024)
     # Test-time augmentation: average with the horizontally and vertically flipped pair.
     tta: bool = False
+    # P(change) cut of binary models; null = the model version's stored operating point
+    # (0.5 when it has none).
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    # Georeferenced scenes (see changeseg.inference.scene): probability COGs as uint8
+    # (P x 255) or float32; polygons in the scene's CRS or another (e.g. EPSG:4326);
+    # simplification tolerance in pixels (0: exact pixel edges).
+    probability_dtype: Literal["uint8", "float32"] = "uint8"
+    regions_crs: str | None = None
+    regions_simplify: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _overlap_below_tile(self) -> "ScoreSection":
@@ -303,6 +366,18 @@ class Config(_Section):
 
     def resolved_tracking_uri(self) -> str:
         return resolve_tracking_uri(self.tracking.tracking_uri)
+
+    @model_validator(mode="after")
+    def _channels_from_bands(self) -> "Config":
+        """model.in_channels and rgb_channels follow data.bands and data.band_roles unless set."""
+        bands = self.data.bands
+        if bands is not None and self.model.in_channels is None and len(bands) != 3:
+            self.model.in_channels = len(bands)
+        if bands is not None and self.model.in_channels not in (None, len(bands)):
+            raise ValueError(f"model.in_channels={self.model.in_channels} but data.bands picks {len(bands)} bands")
+        if self.model.rgb_channels is None and self.data.rgb_positions() is not None and (self.model.in_channels or 3) > 3:
+            self.model.rgb_channels = self.data.rgb_positions()
+        return self
 
 
 def resolve_tracking_uri(uri: str | None) -> str:

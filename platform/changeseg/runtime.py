@@ -1,7 +1,7 @@
 """Ray start-up shared by fine-tuning, batch scoring and serving.
 
-A private local instance is started without the dashboard (nothing listens beyond
-Ray's own ports). Ray Train's placement-group cleaner polls the State API, which the
+A private local instance is started with token authentication (Ray's default) and
+without the dashboard unless ``ray.dashboard`` asks for it (then on 127.0.0.1 only). Ray Train's placement-group cleaner polls the State API, which the
 dashboard serves, and logs a warning every second when it is absent; Ray Train workers
 also log every ``ray.train.report`` payload at INFO, and Ray Data logs every dataset
 execution. :func:`quiet_ray_loggers` keeps these out of the console (they stay in
@@ -102,6 +102,7 @@ def init_ray(cfg: Config) -> None:
         ray.init(
             address="local",
             num_cpus=local_num_cpus(cfg),
-            include_dashboard=False,
+            include_dashboard=cfg.ray.dashboard,
+            dashboard_host="127.0.0.1",
             runtime_env={"worker_process_setup_hook": "changeseg.runtime.quiet_ray_loggers"},
         )

@@ -57,6 +57,7 @@ RESULT_SCHEMA = pa.schema(
         ("scored_at", pa.float64()),  # Unix time the pair's model call finished
         ("has_truth", pa.bool_()),
         ("metrics_state", pa.list_(pa.float64())),  # ChangeMetrics.state() of this pair
+        ("threshold", pa.float64()),  # the P(change) cut of a binary model; null: argmax
     ]
 )
 
@@ -215,7 +216,7 @@ class _Scorer:
         self.predictor = Predictor.from_bytes(
             weights["meta"], weights["weights"], info=info, device=device, precision=score.precision,
             channels_last=score.channels_last, tile_size=score.tile_size, tile_overlap=score.tile_overlap,
-            batch_size=score.batch_size, tta=score.tta,
+            batch_size=score.batch_size, tta=score.tta, threshold=score.threshold,
         )
         self.num_classes = self.predictor.num_classes
 
@@ -276,7 +277,7 @@ class _Scorer:
         return dict(status="ok", error="", height=pred.shape[0], width=pred.shape[1], tiles=result.tiles,
                     changed_fraction=summary["changed_fraction"], changed_pixels=summary["changed_pixels"],
                     regions_total=summary["regions_total"], regions=json.dumps(summary["regions"]),
-                    mask_uri=mask_uri, probability_uri=prob_uri, metrics_state=state)
+                    mask_uri=mask_uri, probability_uri=prob_uri, metrics_state=state, threshold=result.threshold)
 
 
 # --- the driver ----------------------------------------------------------------------
@@ -406,7 +407,7 @@ def _run_pipeline(cfg: Config, todo: list, checkpoint: dict, info: dict, output_
     import ray.data
 
     from changeseg.data.pipeline import load_options, source_dataset
-    from changeseg.training.trainer import init_ray
+    from changeseg.runtime import init_ray
 
     init_ray(cfg)
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,33 @@ def shutdown() -> None:
     serve.shutdown()
 
 
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_server(cfg, *, config_path: str | Path = DEFAULT_CONFIG, port: int | None = None,
+               stop: Callable[[], bool] | None = None, announce: Callable[[str], None] = print) -> None:
+    """Serve serve/config.yaml until interrupted (Ctrl-C or SIGTERM), on a private Ray
+    instance with token authentication and no dashboard unless ``ray.dashboard`` (or on
+    the cluster of ``ray.address``). ``stop`` is polled once a second, for tests."""
+    import signal
+
+    from changeseg.runtime import init_ray
+
+    init_ray(cfg)
+    signal.signal(signal.SIGTERM, _interrupt)  # a container stop ends Serve cleanly too
+    try:
+        url = deploy(load_deploy_config(config_path, port=port))
+        announce(f"serving {APP_NAME} at {url} (POST {url}/v1/detect); Ctrl-C stops")
+        while not (stop and stop()):
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        shutdown()
+        announce("stopped")
+
+
 def serve_one_request(cfg, *, t0, t1, tracking_uri: str | None = None, config_path: str | Path = DEFAULT_CONFIG, timeout_s: float = 180.0) -> dict[str, Any]:
     """Serve ``cfg``'s registered model (its alias) from serve/config.yaml on a free
     loopback port, send it one pair over HTTP, shut Serve down; returns the answer
@@ -102,7 +130,7 @@ def serve_one_request(cfg, *, t0, t1, tracking_uri: str | None = None, config_pa
     import requests
     from PIL import Image
 
-    from changeseg.training.trainer import init_ray
+    from changeseg.runtime import init_ray
 
     def png(array) -> bytes:
         buf = io.BytesIO()
