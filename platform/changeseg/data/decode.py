@@ -237,13 +237,22 @@ def load_pair(
     ignore_index: int = 255,
     resize: tuple[int, int] | None = None,
     max_pixels: int | None = None,
+    raster: dict | None = None,
+    crop: tuple | None = None,
 ) -> dict:
     """Read and decode one record's files; sizes must agree.
 
     The row's own ``mask_encoding`` (set by the dataset readers) wins over ``mask_values``.
     ``resize`` = (H, W): images bilinear, mask nearest (class ids stay ids). ``max_pixels``
     refuses larger images from their header (:class:`ImageTooLarge`), before decoding.
+    Rasters (``.tif``, ``.jp2``) are read with rasterio (:mod:`changeseg.data.raster`,
+    options ``raster``; ``crop`` = (size, rng) reads one random window instead of the whole).
     """
+    from changeseg.data.raster import is_raster_row, load_raster_pair
+
+    if is_raster_row(row):
+        return load_raster_pair(row, raster=raster, mask_values=mask_values, storage_options=storage_options,
+                                num_classes=num_classes, ignore_index=ignore_index, max_pixels=max_pixels, crop=crop)
     pid = row["pair_id"]
     try:
         t0 = decode_image(member_bytes(row, "t0", storage_options), max_pixels=max_pixels)
@@ -277,5 +286,5 @@ def load_pair(
 
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1], the model's input contract."""
+    """(N, H, W, C) uint8 -> (N, C, H, W) float in [0, 1], the model's input contract (C = 3 for RGB)."""
     return images.permute(0, 3, 1, 2).float().div_(255.0)

@@ -22,6 +22,7 @@ from changeseg import storage
 from changeseg.config import Config
 from changeseg.data.decode import load_pair
 from changeseg.data.layouts import ScanResult, scan_dataset
+from changeseg.data.raster import is_raster_row, raster_options
 from changeseg.data.records import PairRecord, scan_folder, split_records
 from changeseg.data.transforms import augment_pair
 
@@ -168,6 +169,7 @@ def load_options(cfg: Config) -> dict:
         "num_classes": cfg.model.resolved_num_classes(),
         "ignore_index": cfg.data.ignore_index,
         "resize": tuple(cfg.data.resize) if cfg.data.resize else None,
+        "raster": raster_options(cfg.data),
     }
 
 
@@ -229,8 +231,11 @@ class _LoadPair:
         if row.get("error"):
             log.warning("pair %s dropped: %s", row.get("pair_id"), row["error"])
             return []
+        # A raster scene is read one random crop_size window at a time, never whole.
+        size = (self.augment or {}).get("crop_size")
+        crop = (size, np.random.default_rng()) if size and is_raster_row(row) else None
         try:
-            sample = load_pair(row, **self.load)
+            sample = load_pair(row, **self.load, crop=crop)
         except Exception as err:  # reported and dropped; the rest of the data is used
             log.warning("pair %s dropped: %s: %s", row.get("pair_id"), type(err).__name__, err)
             return []
@@ -281,6 +286,15 @@ class _Inspect:
     def __call__(self, row: dict) -> dict:
         if row.get("error"):
             return {"pair_id": row["pair_id"], "error": row["error"], "changed": 0, "unchanged": 0}
+        if is_raster_row(row):  # scenes are checked and counted strip by strip, never held whole
+            from changeseg.data.raster import count_mask_pixels
+
+            try:
+                changed, unchanged = count_mask_pixels(row, **self.load)
+            except Exception as err:
+                return {"pair_id": row["pair_id"], "error": f"{type(err).__name__}: pair {row['pair_id']}: {err}",
+                        "changed": 0, "unchanged": 0}
+            return {"pair_id": row["pair_id"], "error": "", "changed": changed, "unchanged": unchanged}
         try:
             sample = load_pair(row, **self.load)
         except Exception as err:

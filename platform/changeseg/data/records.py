@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 from changeseg import storage
 from changeseg.config import StorageSection
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".jp2")
 
 
 @dataclass(frozen=True)

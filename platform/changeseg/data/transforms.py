@@ -75,9 +75,12 @@ def jitter_colour(image: np.ndarray, rng: np.random.Generator, strength: float) 
     """Brightness, contrast and saturation factors drawn from [1 - strength, 1 + strength]."""
     b, c, s = rng.uniform(1 - strength, 1 + strength, size=3)
     x = image.astype(np.float32) * b
-    grey = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    # Luma weights for RGB; an equal mean for any other band count.
+    channels = image.shape[-1]
+    luma = np.array([0.299, 0.587, 0.114], np.float32) if channels == 3 else np.full(channels, 1 / channels, np.float32)
+    grey = x @ luma
     x = (x - grey.mean()) * c + grey.mean()
-    grey = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    grey = x @ luma
     x = (x - grey[..., None]) * s + grey[..., None]
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 

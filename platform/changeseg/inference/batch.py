@@ -57,6 +57,10 @@ RESULT_SCHEMA = pa.schema(
         ("scored_at", pa.float64()),  # Unix time the pair's model call finished
         ("has_truth", pa.bool_()),
         ("metrics_state", pa.list_(pa.float64())),  # ChangeMetrics.state() of this pair
+        # Georeferenced scenes (COG masks, GeoJSON regions): t0's CRS and bounds in it.
+        ("crs", pa.string()),
+        ("bounds", pa.list_(pa.float64())),
+        ("regions_uri", pa.string()),
         ("threshold", pa.float64()),  # the P(change) cut of a binary model; null: argmax
     ]
 )
@@ -181,8 +185,11 @@ class _Decode:
         start = time.perf_counter()
         empty = np.zeros((0, 0, 3), np.uint8)
         out = {"pair_id": row["pair_id"], "error": "", "t0": empty, "t1": empty,
-               "mask": np.zeros((0, 0), np.uint8), "has_truth": False}
+               "mask": np.zeros((0, 0), np.uint8), "has_truth": False, "scene": ""}
         try:
+            if _scene_row(row, self.load, out):  # read window by window by the scorer
+                out["decode_ms"] = (time.perf_counter() - start) * 1000
+                return out
             sample = load_pair(row, **self.load)
             out.update(t0=sample["t0"], t1=sample["t1"])
             if "mask" in sample:
@@ -191,6 +198,18 @@ class _Decode:
             out["error"] = f"{type(err).__name__}: {err}"
         out["decode_ms"] = (time.perf_counter() - start) * 1000
         return out
+
+
+def _scene_row(row: dict, load: dict, out: dict) -> bool:
+    """Mark a georeferenced raster pair for window-by-window scoring (its record as JSON)."""
+    from changeseg.inference.scene import is_scene
+
+    if not is_scene(row, load.get("storage_options")):
+        return False
+    keep = ("pair_id", "t0", "t1", "mask", "mask_encoding", "shard", "shard_row")
+    out["scene"] = json.dumps({k: row.get(k) for k in keep})
+    out["has_truth"] = bool(row.get("mask"))
+    return True
 
 
 class _Scorer:
@@ -222,7 +241,7 @@ class _Scorer:
 
     def __call__(self, batch: dict) -> pa.Table:
         n = len(batch["pair_id"])
-        good = [i for i in range(n) if not batch["error"][i]]
+        good = [i for i in range(n) if not batch["error"][i] and not batch["scene"][i]]
         errors = {i: str(batch["error"][i]) for i in range(n) if batch["error"][i]}
         start = time.perf_counter()
         predicted = self.predictor.predict_pairs([batch["t0"][i] for i in good], [batch["t1"][i] for i in good],
@@ -241,14 +260,27 @@ class _Scorer:
                 errors[i] = f"{type(result).__name__}: {result}"
             if i not in errors:
                 try:
-                    row.update(self._outputs(row["pair_id"], result, batch["mask"][i] if row["has_truth"] else None))
-                    row["inference_ms"] = per_pair_ms
+                    if batch["scene"][i]:
+                        row.update(self._scene(str(batch["scene"][i])))
+                    else:
+                        row.update(self._outputs(row["pair_id"], result, batch["mask"][i] if row["has_truth"] else None))
+                        row["inference_ms"] = per_pair_ms
                 except Exception as err:
                     errors[i] = f"{type(err).__name__}: {err}"
             if i in errors:
                 row.update(status="error", error=errors[i])
             rows.append(row)
         return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+
+    def _scene(self, scene_json: str) -> dict:
+        """Score a georeferenced pair window by window into COGs and GeoJSON regions."""
+        from changeseg.inference.scene import SceneOptions, score_scene
+
+        started = time.perf_counter()
+        fields = score_scene(self.predictor, json.loads(scene_json), output_uri=self.output,
+                             opts=SceneOptions.from_config(self.cfg), storage_options=self.cfg.storage)
+        fields.pop("stats", None)
+        return {**fields, "inference_ms": (time.perf_counter() - started) * 1000}
 
     def _outputs(self, pid: str, result, truth) -> dict:
         """Write the pair's mask (and probability) PNGs; the row's fields for an ok pair."""

@@ -160,6 +160,10 @@ def create_model(
     weights_file: str | None = None,
     pretrained_backbone: bool = False,
     storage_options: Any | None = None,
+    in_channels: int | None = None,
+    rgb_channels: list[int] | None = None,
+    channel_mean: list[float] | None = None,
+    channel_std: list[float] | None = None,
 ) -> nn.Module:
     """Build a change-segmentation model and optionally initialise it.
 
@@ -189,7 +193,9 @@ def create_model(
             raise ValueError(f"pretrained_backbone=True conflicts with weights={weights!r}")
         weights = "imagenet"
     baselines = _baselines()
+    channels = {"in_channels": in_channels or 3, "rgb_channels": rgb_channels, "channel_mean": channel_mean, "channel_std": channel_std}
     if name in baselines:
+        given.update({k: v for k, v in channels.items() if k != "in_channels" or v != 3})
         extra = sorted(k for k, v in given.items() if v is not None and k != "num_classes")
         if extra:
             raise ValueError(f"model {name!r} takes only num_classes, got {', '.join(extra)}")
@@ -211,6 +217,7 @@ def create_model(
             num_classes=args["num_classes"],
             msf_width=args["msf_width"],
             head_channels=args["head_channels"],
+            **channels,
         )
     else:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
@@ -219,7 +226,8 @@ def create_model(
 
 
 # What ``model.config`` may hold: the architecture, never where weights come from.
-ARCHITECTURE_KEYS = ("name", "backbone", "mtf", "msf_scales", "head", "num_classes", "msf_width", "head_channels")
+ARCHITECTURE_KEYS = ("name", "backbone", "mtf", "msf_scales", "head", "num_classes", "msf_width", "head_channels",
+                     "in_channels", "rgb_channels", "channel_mean", "channel_std")
 
 
 def model_from_config(config: dict[str, Any]) -> nn.Module:

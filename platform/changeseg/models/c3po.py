@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .backbones import Backbone
+from .channels import adapt_first_conv, channel_stats
 from .heads import create_head
 from .msf import MSF
 from .mtf import MTF
@@ -48,6 +49,10 @@ class C3PO(nn.Module):
         num_classes: int,
         msf_width: int = 512,
         head_channels: int | None = None,
+        in_channels: int = 3,
+        rgb_channels: list[int] | None = None,
+        channel_mean: list[float] | None = None,
+        channel_std: list[float] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
@@ -57,8 +62,12 @@ class C3PO(nn.Module):
         self.msf = MSF(backbone.channels, num_scales=msf_scales, width=msf_width, out_channels=head_channels)
         self.mtf = nn.ModuleList(MTF(c, mtf) for c in backbone.channels[-msf_scales:])
         self.head = create_head(name=head, in_channels=self.msf.out_channels, num_classes=num_classes)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # Any band count: the first convolution is rebuilt, normalisation is per channel.
+        mean, std = channel_stats(in_channels, rgb_channels=rgb_channels, mean=channel_mean, std=channel_std)
+        adapt_first_conv(backbone, in_channels, rgb_channels)
+        self.in_channels = in_channels
+        self.register_buffer("mean", torch.tensor(mean).view(1, in_channels, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, in_channels, 1, 1), persistent=False)
         self.num_classes = num_classes
         self.msf_scales = msf_scales
         # Everything create_model needs to rebuild this architecture (JSON-safe).
@@ -73,6 +82,12 @@ class C3PO(nn.Module):
         }
         if head_channels is not None and head_channels != msf_width:
             self.config["head_channels"] = head_channels
+        # Recorded only when not the RGB default, so 3-channel checkpoints stay as they were.
+        extra = {"in_channels": in_channels if in_channels != 3 else None,
+                 "rgb_channels": list(rgb_channels) if rgb_channels is not None else None,
+                 "channel_mean": list(channel_mean) if channel_mean is not None else None,
+                 "channel_std": list(channel_std) if channel_std is not None else None}
+        self.config.update({k: v for k, v in extra.items() if v is not None})
 
     def forward(self, t0: Tensor, t1: Tensor) -> Tensor:
         """Change logits ``(N, num_classes, H, W)`` for images t0, t1 ``(N, 3, H, W)`` in [0, 1]."""
@@ -84,7 +99,7 @@ class C3PO(nn.Module):
         return self._run(t0, t1, return_branches=True)
 
     def _run(self, t0: Tensor, t1: Tensor, *, return_branches: bool) -> tuple[Tensor, list[dict[str, Tensor]]]:
-        _check_pair(t0, t1)
+        _check_pair(t0, t1, self.in_channels)
         # Two passes rather than one on the concatenated batch: in training the
         # backbone's BatchNorm then normalises each time step by its own
         # statistics, as a siamese encoder applied per image does.
@@ -111,9 +126,9 @@ class C3PO(nn.Module):
         return (x - self.mean) / self.std
 
 
-def _check_pair(t0: Tensor, t1: Tensor) -> None:
+def _check_pair(t0: Tensor, t1: Tensor, channels: int = 3) -> None:
     for name, t in (("t0", t0), ("t1", t1)):
-        if t.dim() != 4 or t.shape[1] != 3:
-            raise ValueError(f"{name} must have shape (N, 3, H, W), got {tuple(t.shape)}")
+        if t.dim() != 4 or t.shape[1] != channels:
+            raise ValueError(f"{name} must have shape (N, {channels}, H, W), got {tuple(t.shape)}")
     if t0.shape != t1.shape:
         raise ValueError(f"t0 and t1 shapes differ: {tuple(t0.shape)} vs {tuple(t1.shape)}")

@@ -32,6 +32,7 @@ import torchvision
 from torch import Tensor, nn
 
 from .backbones import Backbone, TimmBackbone
+from .channels import adapt_state_for
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ def read_verified_state_dict(path: str | Path) -> dict[str, Tensor]:
 def _load_into(module: nn.Module, mapped: dict[str, Tensor], *, source: str, unused: list[str]) -> LoadReport:
     """Copy every tensor whose key and shape match; report the rest."""
     own = module.state_dict()
+    mapped = adapt_state_for(module, mapped)  # RGB first-conv kernels onto any band count
     report = LoadReport(source=source, skipped=list(unused))
     usable = {}
     for key, value in mapped.items():

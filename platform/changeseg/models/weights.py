@@ -19,7 +19,8 @@ WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 # What a checkpoint's model.json may pass to create_model: the architecture, nothing that
 # makes loading read other files or URIs (weights, weights_file, storage_options).
-ARCHITECTURE_KEYS = frozenset({"name", "backbone", "mtf", "msf_scales", "head", "num_classes", "msf_width", "head_channels"})
+ARCHITECTURE_KEYS = frozenset({"name", "backbone", "mtf", "msf_scales", "head", "num_classes", "msf_width", "head_channels",
+                               "in_channels", "rgb_channels", "channel_mean", "channel_std"})
 
 
 def unwrap(model: nn.Module) -> nn.Module:

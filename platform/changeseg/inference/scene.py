@@ -1,0 +1,198 @@
+"""Scoring georeferenced scenes of any size, window by window.
+
+A scene pair is never held whole: the seamless windows of
+:mod:`changeseg.inference.tiling` are read from the rasters (t1 through its alignment
+to t0's grid), run through :meth:`Predictor.forward` in batches of the predictor's
+pixel budget, and only each window's kept centre is written to a tiled GeoTIFF beside
+the output. Memory is bounded by the tile size and batch, not the scene. Afterwards
+the GeoTIFFs become COGs and the changed regions GeoJSON polygons
+(:mod:`changeseg.inference.geo_outputs`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from changeseg import storage
+from changeseg.data.decode import to_model_input
+from changeseg.data.raster import is_raster_row, open_raster, open_scene_pair
+from changeseg.inference.geo_outputs import MASK_NODATA, scene_bounds, tiled_profile, to_cog, write_regions
+from changeseg.inference.tiling import plan_windows
+
+__all__ = ["SceneOptions", "is_scene", "score_scene"]
+
+
+@dataclass(frozen=True)
+class SceneOptions:
+    """What a scene run writes (from the ``score`` and ``data`` sections)."""
+
+    raster: dict
+    write_probabilities: bool = False
+    probability_dtype: str = "uint8"
+    regions_crs: str | None = None
+    regions_simplify: float = 0.0
+    min_region_area: int = 1
+    max_regions: int = 100
+    mask_values: str = "binary"
+    ignore_index: int = 255
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "SceneOptions":
+        from changeseg.data.raster import raster_options
+
+        s = cfg.score
+        return cls(raster=raster_options(cfg.data), write_probabilities=s.write_probabilities,
+                   probability_dtype=s.probability_dtype, regions_crs=s.regions_crs, regions_simplify=s.regions_simplify,
+                   min_region_area=s.min_region_area, max_regions=s.max_regions, mask_values=cfg.data.mask_values,
+                   ignore_index=cfg.data.ignore_index)
+
+
+def is_scene(row: dict, storage_options=None) -> bool:
+    """Whether a record is a georeferenced raster pair (scored window by window into COGs)."""
+    if not is_raster_row(row):
+        return False
+    with open_raster(row, "t0", storage_options) as ds:
+        return ds.crs is not None and not ds.transform.is_identity
+
+
+class _Outputs:
+    """The temporary tiled GeoTIFFs a scene's windows are written into."""
+
+    def __init__(self, pair, folder: Path, opts: SceneOptions) -> None:
+        import rasterio
+
+        self.mask_path = folder / "mask.tif"
+        self.mask = rasterio.open(self.mask_path, "w", **tiled_profile(pair.t0, dtype="uint8", nodata=MASK_NODATA))
+        self.prob = None
+        if opts.write_probabilities:
+            self.prob_path = folder / "probability.tif"
+            as_float = opts.probability_dtype == "float32"
+            profile = tiled_profile(pair.t0, dtype=opts.probability_dtype, nodata=float("nan") if as_float else None)
+            self.prob = rasterio.open(self.prob_path, "w", **profile)
+            self.as_float = as_float
+
+    def write(self, window, classes: np.ndarray, change: torch.Tensor, valid: np.ndarray) -> None:
+        self.mask.write(classes, 1, window=window)
+        if self.prob is None:
+            return
+        p = change.float().cpu().numpy()
+        if self.as_float:
+            self.prob.write(np.where(valid, p, np.nan).astype(np.float32), 1, window=window)
+        else:
+            self.prob.write(np.rint(p * 255).astype(np.uint8), 1, window=window)
+            self.prob.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
+
+    def close(self) -> None:
+        self.mask.close()
+        if self.prob is not None:
+            self.prob.close()
+
+
+def _windows_of(predictor, height: int, width: int):
+    tile = predictor.tile_size or 512
+    windows = plan_windows(height, width, tile=tile, overlap=predictor.tile_overlap)
+    return windows, predictor._window_step(1, windows[0])
+
+
+def _predict_windows(predictor, pair, opts: SceneOptions, outputs: _Outputs, metrics, stats: dict) -> int:
+    """Stream every window through the model; returns the window count."""
+    from rasterio.windows import Window as RioWindow
+
+    windows, step = _windows_of(predictor, pair.height, pair.width)
+    # The model's stored operating point for a binary model (argmax when it has none).
+    cut = predictor.threshold_for() if hasattr(predictor, "threshold_for") else None
+    stats["threshold"] = cut
+    for first in range(0, len(windows), step):
+        chunk = windows[first : first + step]
+        started = time.perf_counter()
+        reads = [pair.read(RioWindow(w.x, w.y, w.width, w.height)) for w in chunk]
+        stats["read_s"] += time.perf_counter() - started
+        a = to_model_input(torch.from_numpy(np.stack([r[0] for r in reads])))
+        b = to_model_input(torch.from_numpy(np.stack([r[1] for r in reads])))
+        started = time.perf_counter()
+        proba = predictor.forward(a, b)
+        stats["model_s"] += time.perf_counter() - started
+        started = time.perf_counter()
+        for k, w in enumerate(chunk):
+            ys, xs = slice(w.y0 - w.y, w.y1 - w.y), slice(w.x0 - w.x, w.x1 - w.x)
+            part = proba[k, :, ys, xs]
+            valid = reads[k][2][ys, xs]
+            if hasattr(predictor, "classes"):
+                classes = predictor.classes(part[None], cut)[0].to(torch.uint8).cpu().numpy()
+            else:
+                classes = part.argmax(0).to(torch.uint8).cpu().numpy()
+            classes[~valid] = MASK_NODATA
+            centre = RioWindow(w.x0, w.y0, w.x1 - w.x0, w.y1 - w.y0)
+            outputs.write(centre, classes, (1.0 - part[0]).clamp(0, 1), valid)
+            stats["valid"] += int(valid.sum())
+            stats["changed"] += int(np.count_nonzero((classes != 0) & valid))
+            truth = pair.read_mask(centre, mask_values=opts.mask_values, num_classes=predictor.num_classes,
+                                   ignore_index=opts.ignore_index)
+            if truth is not None:
+                truth[~valid] = opts.ignore_index
+                pred = np.where(valid, classes, 0)
+                metrics.update(torch.from_numpy(pred).long(), torch.from_numpy(truth).long())
+        stats["write_s"] += time.perf_counter() - started
+    return len(windows)
+
+
+def _publish(local: Path, uri: str, storage_options) -> None:
+    """Move a finished local file to its output URI (a rename locally, one upload to S3)."""
+    if storage.is_remote(uri):
+        storage.write_bytes(uri, local.read_bytes(), storage_options)
+        return
+    Path(uri).parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(local), uri)
+
+
+def score_scene(predictor, row: dict, *, output_uri: str, opts: SceneOptions, storage_options=None) -> dict:
+    """Score one georeferenced pair into ``OUTPUT/masks|probabilities/<id>.tif`` and
+    ``OUTPUT/regions/<id>.geojson``; returns the result row's fields (``stats``: timings)."""
+    from changeseg.inference.naming import pair_file_name
+    from changeseg.metrics import ChangeMetrics
+
+    pid = row["pair_id"]
+    stats: dict[str, Any] = {"read_s": 0.0, "model_s": 0.0, "write_s": 0.0, "cog_s": 0.0, "regions_s": 0.0, "valid": 0, "changed": 0}
+    metrics = ChangeMetrics(num_classes=predictor.num_classes, ignore_index=opts.ignore_index)
+    with tempfile.TemporaryDirectory(prefix="changeseg-scene-") as tmp, open_scene_pair(row, opts.raster, storage_options) as pair:
+        folder = Path(tmp)
+        outputs = _Outputs(pair, folder, opts)
+        try:
+            tiles = _predict_windows(predictor, pair, opts, outputs, metrics, stats)
+        finally:
+            outputs.close()
+        crs, bounds = (pair.t0.crs.to_string() if pair.t0.crs else ""), scene_bounds(pair.t0)
+        height, width, has_truth = pair.height, pair.width, pair.mask is not None
+        started = time.perf_counter()
+        to_cog(outputs.mask_path, folder / "mask.cog.tif")
+        if outputs.prob is not None:
+            to_cog(outputs.prob_path, folder / "probability.cog.tif", resampling="average")
+        stats["cog_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        regions = write_regions(folder / "mask.cog.tif", folder / "regions.geojson", crs=opts.regions_crs,
+                                simplify=opts.regions_simplify, min_area=opts.min_region_area, max_regions=opts.max_regions)
+        stats["regions_s"] = time.perf_counter() - started
+        mask_uri = storage.join(output_uri, "masks", pair_file_name(pid, ".tif"))
+        regions_uri = storage.join(output_uri, "regions", pair_file_name(pid, ".geojson"))
+        _publish(folder / "mask.cog.tif", mask_uri, storage_options)
+        _publish(folder / "regions.geojson", regions_uri, storage_options)
+        prob_uri = None
+        if outputs.prob is not None:
+            prob_uri = storage.join(output_uri, "probabilities", pair_file_name(pid, ".tif"))
+            _publish(folder / "probability.cog.tif", prob_uri, storage_options)
+    return dict(
+        status="ok", error="", height=height, width=width, tiles=tiles, changed_pixels=stats["changed"],
+        changed_fraction=stats["changed"] / max(stats["valid"], 1), regions_total=regions.count,
+        regions=json.dumps(regions.top()), mask_uri=mask_uri, probability_uri=prob_uri, regions_uri=regions_uri,
+        crs=crs, bounds=bounds, threshold=stats.pop("threshold"), metrics_state=metrics.state().tolist() if has_truth else None,
+        stats={k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()},
+    )
