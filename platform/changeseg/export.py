@@ -46,7 +46,8 @@ def export_onnx(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    sample = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(device)
+    channels = int(getattr(model, "in_channels", 3))  # multi-band models take C-channel images
+    sample = torch.rand(1, channels, height, width, generator=torch.Generator().manual_seed(0)).to(device)
     try:
         with warnings.catch_warnings():
             # Shape checks in forward() are traced as constants (TracerWarning) and the
@@ -81,8 +82,9 @@ def check_onnx_parity(
 
     model = unwrap(model)
     g = torch.Generator().manual_seed(seed)
-    t0 = torch.rand(batch, 3, height, width, generator=g)
-    t1 = torch.rand(batch, 3, height, width, generator=g)
+    channels = int(getattr(model, "in_channels", 3))
+    t0 = torch.rand(batch, channels, height, width, generator=g)
+    t1 = torch.rand(batch, channels, height, width, generator=g)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

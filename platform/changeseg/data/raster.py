@@ -204,9 +204,9 @@ def on_grid(ds0: Any, ds: Any, *, name: str, align: str, resampling: str, stack:
     diff = grid_difference(ds0, ds)
     if diff is None:
         return ds
-    _check_overlap(ds0, ds)
     if align == "reject":
         raise ValueError(f"{name} is not on t0's grid ({diff}) and data.align is reject")
+    _check_overlap(ds0, ds)
     from rasterio.vrt import WarpedVRT
 
     extra = {} if ds.nodata is not None else {"add_alpha": True}
