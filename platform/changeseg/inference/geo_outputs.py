@@ -85,7 +85,7 @@ class RegionWriter:
 
     def feature(self, piece: _Piece) -> dict | None:
         """The GeoJSON feature of one region, or None when it is below ``min_area``."""
-        from shapely import affinity, ops
+        from shapely import affinity
         from shapely.geometry import mapping
 
         pixels = int(round(piece.geometry.area))
@@ -96,11 +96,11 @@ class RegionWriter:
         if self.simplify > 0:
             geom = geom.simplify(self.simplify * abs(t.a), preserve_topology=True)
         if self.geod is not None:
-            area = abs(self.geod.geometry_area_perimeter(ops.transform(self.to_wgs84, geom) if self.to_wgs84 else geom)[0])
+            area = abs(self.geod.geometry_area_perimeter(_apply(self.to_wgs84, geom) if self.to_wgs84 else geom)[0])
         else:
             area = geom.area * self.metres ** 2
         if self.reproject is not None:
-            geom = ops.transform(self.reproject, geom)
+            geom = _apply(self.reproject, geom)
         x0, y0, x1, y1 = (int(v) for v in piece.geometry.bounds)
         self.count += 1
         summary = {"class": piece.cls, "bbox": [x0, y0, x1, y1], "area": pixels}
@@ -184,6 +184,13 @@ def write_regions(mask_path: str | Path, out_path: str | Path, *, crs: str | Non
                 emit(_Piece(cls, part))
         out.write("\n]}\n")
     return writer
+
+
+def _apply(transform, geom):
+    """A geometry with every coordinate pair passed through a pyproj ``transform(x, y)``."""
+    import shapely
+
+    return shapely.transform(geom, lambda xy: np.column_stack(transform(xy[:, 0], xy[:, 1])))
 
 
 def scene_bounds(ds: Any) -> list[float]:
