@@ -30,6 +30,8 @@ from changeseg.inference.tiling import plan_windows
 
 __all__ = ["SceneOptions", "is_scene", "score_scene"]
 
+GDAL_CACHE_MB = 64
+
 
 @dataclass(frozen=True)
 class SceneOptions:
@@ -163,7 +165,11 @@ def score_scene(predictor, row: dict, *, output_uri: str, opts: SceneOptions, st
     pid = row["pair_id"]
     stats: dict[str, Any] = {"read_s": 0.0, "model_s": 0.0, "write_s": 0.0, "cog_s": 0.0, "regions_s": 0.0, "valid": 0, "changed": 0}
     metrics = ChangeMetrics(num_classes=predictor.num_classes, ignore_index=opts.ignore_index)
-    with tempfile.TemporaryDirectory(prefix="changeseg-scene-") as tmp, open_scene_pair(row, opts.raster, storage_options) as pair:
+    import rasterio
+
+    # GDAL's block cache defaults to 5 % of RAM and would grow with the scene: cap it.
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), tempfile.TemporaryDirectory(prefix="changeseg-scene-") as tmp, \
+            open_scene_pair(row, opts.raster, storage_options) as pair:
         folder = Path(tmp)
         outputs = _Outputs(pair, folder, opts)
         try:
