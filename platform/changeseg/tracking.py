@@ -214,6 +214,7 @@ def log_and_register_model(cfg: Config, *, run_id: str, checkpoint_dir: Path, me
     if score is not None:
         client.set_model_version_tag(name, version.version, metric, str(score))
     client.set_model_version_tag(name, version.version, "changeseg.run_name", cfg.run.name)
+    _tag_operating_point(client, name, version.version, checkpoint_dir)
     previous, previous_score = _champion_score(client, name, alias, metric)
     crowned = previous is None or (score is not None and (previous_score is None or score > previous_score))
     if crowned:
@@ -234,6 +235,20 @@ def log_and_register_model(cfg: Config, *, run_id: str, checkpoint_dir: Path, me
         "score": score,
         "previous_champion_score": previous_score,
     }
+
+
+THRESHOLD_TAG = "changeseg.threshold"
+
+
+def _tag_operating_point(client: MlflowClient, name: str, version: str, checkpoint_dir: Path) -> None:
+    """The checkpoint's stored threshold (and how it was chosen) as tags of the version."""
+    from changeseg.models.weights import read_metadata
+
+    point = read_metadata(checkpoint_dir).get("metadata", {}).get("operating_point")
+    if not point:
+        return
+    client.set_model_version_tag(name, version, THRESHOLD_TAG, str(point["threshold"]))
+    client.set_model_version_tag(name, version, "changeseg.threshold_method", str(point.get("method", "")))
 
 
 def end_run(run_id: str, tracking_uri: str | None = None, status: str = "FINISHED") -> None:

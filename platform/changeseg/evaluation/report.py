@@ -32,7 +32,9 @@ from torch import nn
 
 from changeseg.data.decode import load_pair
 from changeseg.evaluation.classical import cva_otsu
+from changeseg.evaluation.curves import curve_summary, pr_curves_html
 from changeseg.metrics import ChangeMetrics
+from changeseg.thresholds import ThresholdCurve
 
 if TYPE_CHECKING:
     from changeseg.inference.predictor import Predictor
@@ -54,6 +56,9 @@ class Method:
     model: nn.Module | None = None
     description: str = ""
     predictor: Any = None  # the Predictor behind a network method
+    # Binary networks: P(change) (H, W) and the cut ``predict`` applies, for the PR curve.
+    change_proba: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    threshold: float | None = None
 
 
 def model_method(
@@ -77,7 +82,14 @@ def model_method(
     def predict(t0: np.ndarray, t1: np.ndarray) -> np.ndarray:
         return predictor.predict(t0, t1)[0]
 
-    return Method(name=name, predict=predict, model=predictor.model, description=description, predictor=predictor)
+    change_proba = None
+    if predictor.threshold is not None:  # binary: P(change), cut at the predictor's threshold
+
+        def change_proba(t0: np.ndarray, t1: np.ndarray) -> np.ndarray:
+            return predictor.predict_proba(t0, t1)[0, 1]
+
+    return Method(name=name, predict=predict, model=predictor.model, description=description, predictor=predictor,
+                  change_proba=change_proba, threshold=predictor.threshold)
 
 
 def cva_method() -> Method:
@@ -245,6 +257,7 @@ def evaluate_pairs(
         return ChangeMetrics(num_classes=num_classes, ignore_index=ignore_index, change_class=change_class)
 
     totals = {m.name: new_metrics() for m in methods}
+    curves = {m.name: ThresholdCurve(ignore_index=ignore_index) for m in methods if m.change_proba is not None}
     swapped_totals = {m.name: new_metrics() for m in methods}
     seconds = {m.name: 0.0 for m in methods}
     rows: list[dict[str, Any]] = []
@@ -273,7 +286,8 @@ def evaluate_pairs(
         try:
             for method in methods:
                 tick = time.perf_counter()
-                outputs[method.name] = (method.predict(t0, t1), method.predict(t1, t0))
+                outputs[method.name] = (_predict_and_collect(method, t0, t1, truth, curves.get(method.name)),
+                                        method.predict(t1, t0))
                 seconds[method.name] += time.perf_counter() - tick
         except Exception as err:  # every method must score the same pairs: the pair is left out
             skipped.append((pid, f"{method.name} failed: {type(err).__name__}: {err}"))
@@ -332,6 +346,8 @@ def evaluate_pairs(
             "seconds_per_pair": seconds[name] / max(1, len(rows)) / 2,
             "pairs": len(rows),
         }
+        if name in curves:
+            summary["curve"] = curve_summary(curves[name], threshold=method.threshold)
         summaries.append(summary)
     asym = [max(r["branch_asymmetry"]) for r in rows if "branch_asymmetry" in r]
     info = {
@@ -344,6 +360,15 @@ def evaluate_pairs(
         "seconds": time.perf_counter() - started,
     }
     return EvaluationResult(methods=summaries, pairs=rows, skipped=skipped, info=info)
+
+
+def _predict_and_collect(method: Method, t0: np.ndarray, t1: np.ndarray, truth: np.ndarray, curve: Any) -> np.ndarray:
+    """The method's class map; with probabilities, cut at its threshold and added to ``curve``."""
+    if curve is None or method.change_proba is None:
+        return method.predict(t0, t1)
+    proba = method.change_proba(t0, t1)
+    curve.update(proba, truth)
+    return (proba >= method.threshold).astype(np.uint8)
 
 
 def _central_window(image: np.ndarray, size: int) -> np.ndarray:
@@ -405,7 +430,7 @@ def write_report(result: EvaluationResult, output_dir: str | Path, *, title: str
     parts.append(f"<h1>{e(title)}</h1>")
     info = result.info
     facts = [f"{info.get('pairs', 0)} pairs with masks", f"{info.get('skipped', 0)} skipped"]
-    for key in ("model", "dataset", "split"):
+    for key in ("model", "dataset", "split", "threshold"):
         if info.get(key):
             facts.append(f"{key}: <code>{e(str(info[key]))}</code>")
     parts.append("<p>" + " &middot; ".join(facts) + "</p>")
@@ -431,6 +456,7 @@ def write_report(result: EvaluationResult, output_dir: str | Path, *, title: str
         parts.append(f"<tr{cls}><td class='l'>{label}</td>" + "".join(f"<td>{_fmt(m[k])}</td>" for k, _ in cols) + "</tr>")
     parts.append("</table>")
 
+    parts.append(pr_curves_html(result.methods))
     parts.append("<h2>Temporal order</h2>")
     parts.append(
         "<p>Every pair is also predicted with t0 and t1 swapped. Agreement: share of pixels where the swapped "
@@ -520,7 +546,8 @@ def evaluate(
         score = cfg.score
         return Predictor.from_uri(uri, tracking_uri=tracking_uri, storage_options=cfg.storage, device=_score_device(score),
                                   precision=score.precision, channels_last=score.channels_last, tile_size=score.tile_size,
-                                  tile_overlap=score.tile_overlap, batch_size=score.batch_size, tta=score.tta)
+                                  tile_overlap=score.tile_overlap, batch_size=score.batch_size, tta=score.tta,
+                                  threshold=score.threshold)
 
     main = load(model_uri)
     num_classes = int(getattr(main.model, "num_classes", cfg.model.resolved_num_classes()))
@@ -563,6 +590,8 @@ def evaluate(
     result.info.update(
         model=model_uri,
         model_info={k: v for k, v in main.info.items() if k in ("name", "version", "run_id", "uri")},
+        threshold=main.threshold,
+        operating_point=(main.info.get("metadata") or {}).get("operating_point"),
         dataset=input_uri,
         split=split,
         baselines=list(baseline_uris),

@@ -92,6 +92,7 @@ class PairPrediction:
     tiles: int
     inference_ms: float
     batch_size: int  # pairs (or windows) in the forward passes that produced it
+    threshold: float | None = None  # the P(change) cut of a binary model; None: argmax (multi-class)
 
 
 class Predictor:
@@ -115,6 +116,7 @@ class Predictor:
         batch_size: int = 8,
         max_batch_pixels: int | None = None,
         tta: bool = False,
+        threshold: float | None = None,
     ):
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -127,6 +129,7 @@ class Predictor:
         self.batch_size = max(1, int(batch_size))
         self.max_batch_pixels = max_batch_pixels
         self.tta = bool(tta)
+        self.threshold_override = _checked_threshold(threshold)
 
     # --- loading ---------------------------------------------------------------------
 
@@ -155,6 +158,33 @@ class Predictor:
     @property
     def num_classes(self) -> int:
         return int(getattr(self.model, "num_classes", (getattr(self.model, "config", {}) or {}).get("num_classes", 2)))
+
+    @property
+    def threshold(self) -> float | None:
+        """The P(change) cut a binary model uses: the constructor's, else the one stored
+        with the checkpoint (its operating point), else 0.5. None for multi-class (argmax)."""
+        from changeseg.thresholds import DEFAULT_THRESHOLD, threshold_of
+
+        if self.num_classes != 2:
+            return None
+        if self.threshold_override is not None:
+            return self.threshold_override
+        stored = threshold_of(self.info.get("metadata"))
+        return DEFAULT_THRESHOLD if stored is None else stored
+
+    def threshold_for(self, threshold: float | None = None) -> float | None:
+        """A per-call override, else :attr:`threshold`; None for multi-class models."""
+        if self.num_classes != 2:
+            return None
+        return _checked_threshold(threshold) if threshold is not None else self.threshold
+
+    @staticmethod
+    def classes(proba: torch.Tensor, threshold: float | None) -> torch.Tensor:
+        """Class ids (N, h, w) uint8 of probabilities (N, C, h, w): change where
+        P(change) >= ``threshold`` for a binary model, argmax otherwise."""
+        if threshold is None or proba.shape[1] != 2:
+            return proba.argmax(1).to(torch.uint8)
+        return (proba[:, 1] >= threshold).to(torch.uint8)
 
     # --- the forward pass --------------------------------------------------------------
 
@@ -244,9 +274,10 @@ class Predictor:
         assert out is not None
         return out
 
-    def predict(self, t0: np.ndarray, t1: np.ndarray) -> np.ndarray:
-        """Class indices (N, H, W) uint8."""
-        return np.stack([p.mask for p in self._checked(self.predict_pairs(list(_batch_of(t0)), list(_batch_of(t1))))])
+    def predict(self, t0: np.ndarray, t1: np.ndarray, *, threshold: float | None = None) -> np.ndarray:
+        """Class indices (N, H, W) uint8 (binary: at ``threshold``, default :attr:`threshold`)."""
+        pairs = self.predict_pairs(list(_batch_of(t0)), list(_batch_of(t1)), threshold=threshold)
+        return np.stack([p.mask for p in self._checked(pairs)])
 
     def _fits(self, height: int, width: int) -> bool:
         """Whether a pair of this size is scored whole (one window)."""
@@ -263,7 +294,9 @@ class Predictor:
                 raise r
         return results
 
-    def predict_pairs(self, t0s: list[np.ndarray], t1s: list[np.ndarray], *, change: bool = False) -> list["PairPrediction | Exception"]:
+    def predict_pairs(
+        self, t0s: list[np.ndarray], t1s: list[np.ndarray], *, change: bool = False, threshold: float | None = None
+    ) -> list["PairPrediction | Exception"]:
         """Class masks (and P(change)) of many pairs of any sizes, in the input order.
 
         Same-size pairs share forward passes; larger-than-tile pairs are windowed one at a
@@ -273,6 +306,7 @@ class Predictor:
         if len(t0s) != len(t1s):
             raise ValueError(f"{len(t0s)} t0 images but {len(t1s)} t1 images")
         results: list[Any] = [None] * len(t0s)
+        cut = self.threshold_for(threshold)
         groups: dict[tuple, list[int]] = {}
         for i, (a, b) in enumerate(zip(t0s, t1s)):
             if np.shape(a) != np.shape(b):
@@ -284,14 +318,15 @@ class Predictor:
             for first in range(0, len(indices), step):
                 chunk = indices[first : first + step]
                 try:
-                    done = self._predict_group(np.stack([t0s[i] for i in chunk]), np.stack([t1s[i] for i in chunk]), change=change)
+                    done = self._predict_group(np.stack([t0s[i] for i in chunk]), np.stack([t1s[i] for i in chunk]),
+                                               change=change, threshold=cut)
                 except Exception as err:  # noqa: BLE001 - the group's pairs carry it
                     done = [err] * len(chunk)
                 for i, res in zip(chunk, done):
                     results[i] = res
         return results
 
-    def _predict_group(self, t0: np.ndarray, t1: np.ndarray, *, change: bool) -> list[PairPrediction]:
+    def _predict_group(self, t0: np.ndarray, t1: np.ndarray, *, change: bool, threshold: float | None = None) -> list[PairPrediction]:
         start = time.perf_counter()
         n, height, width = t0.shape[:3]
         masks = np.empty((n, height, width), np.uint8)
@@ -299,7 +334,7 @@ class Predictor:
         windows = 0
         for w, proba in self.iter_windows(t0, t1):
             windows += 1
-            masks[:, w.y0 : w.y1, w.x0 : w.x1] = proba.argmax(1).to(torch.uint8).cpu().numpy()
+            masks[:, w.y0 : w.y1, w.x0 : w.x1] = self.classes(proba, threshold).cpu().numpy()
             if changes is not None:
                 # P(change) = 1 - P(no change), whatever the number of change classes.
                 scaled = torch.round((1.0 - proba[:, 0]).clamp_(0, 1) * 65535.0).to(torch.int32)
@@ -307,7 +342,7 @@ class Predictor:
         elapsed = 1000 * (time.perf_counter() - start) / n
         first = plan_windows(height, width, tile=self.tile_size, overlap=self.tile_overlap)[0]
         size = n if windows == 1 else min(windows, self._window_step(n, first))
-        return [PairPrediction(masks[k], None if changes is None else changes[k], windows, elapsed, size) for k in range(n)]
+        return [PairPrediction(masks[k], None if changes is None else changes[k], windows, elapsed, size, threshold) for k in range(n)]
 
     def forward_with_branches(self, t0: np.ndarray, t1: np.ndarray) -> tuple[np.ndarray, Any]:
         """Class ids (H, W) and the MTF branch maps of one whole pair (for the branch panels)."""
@@ -317,6 +352,15 @@ class Predictor:
         with torch.inference_mode(), autocast(self.precision, self.device):
             logits, branches = self.model.forward_with_branches(a, b)
         return logits.float().argmax(1)[0].cpu().numpy().astype(np.uint8), branches
+
+
+def _checked_threshold(value: float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"threshold must be within [0, 1], got {value}")
+    return value
 
 
 def _batch_of(images: np.ndarray) -> np.ndarray:
@@ -334,5 +378,5 @@ def _window(images: np.ndarray, w: Window, channels_first: bool) -> torch.Tensor
     """One window of a batch as model input (N, 3, h, w) float; only the window is copied."""
     if channels_first:
         return torch.from_numpy(np.ascontiguousarray(images[:, :, w.y : w.y + w.height, w.x : w.x + w.width]))
-    part = np.ascontiguousarray(images[:, w.y : w.y + w.height, w.x : w.x + w.width])
+    part = np.require(images[:, w.y : w.y + w.height, w.x : w.x + w.width], requirements=["C", "W"])
     return to_model_input(torch.from_numpy(part))

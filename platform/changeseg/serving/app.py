@@ -38,6 +38,7 @@ from changeseg.serving.inputs import (
     header_pixels,
     match_sizes,
     parse_flag,
+    parse_threshold,
     read_uri,
 )
 from changeseg.viz import overlay_panel
@@ -78,6 +79,9 @@ class DetectJSON(BaseModel):
     version: str | None = Field(None, description="registry version number or alias; default: the champion alias")
     probabilities: bool = Field(False, description="also return the change probability as a 16-bit PNG")
     overlay: bool = Field(False, description="also return an overlay panel (t0 | t1 | change on t1) as a PNG")
+    threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="P(change) cut of a binary model; default: the version's stored operating point"
+    )
 
 
 class Region(BaseModel):
@@ -109,6 +113,7 @@ class DetectResponse(BaseModel):
     timings_ms: dict[str, float] = Field(description="decode, model (queue + inference), inference, postprocess, total")
     batch_size: int = Field(description="pairs in the forward pass that served this request")
     change_probability_png: str | None = Field(None, description="base64 PNG, 16-bit, P(change) * 65535")
+    threshold: float | None = Field(None, description="the P(change) cut used (binary models); null: argmax")
     overlay_png: str | None = None
 
 
@@ -132,6 +137,7 @@ _MULTIPART_SCHEMA = {
         "version": {"type": "string", "description": "registry version number or alias"},
         "probabilities": {"type": "boolean"},
         "overlay": {"type": "boolean"},
+        "threshold": {"type": "number", "minimum": 0, "maximum": 1},
     },
 }
 
@@ -228,6 +234,7 @@ class _Fields:
     version: str | None
     probabilities: bool
     overlay: bool
+    threshold: float | None = None
 
 
 # --- deployments -----------------------------------------------------------------------
@@ -313,7 +320,7 @@ class ChangeAPI:
         small = len(body) <= _INLINE_BYTES and max(header_pixels(fields.t0), header_pixels(fields.t1)) <= _INLINE_PIXELS
         t0, t1 = self._decode(fields) if small else await asyncio.to_thread(self._decode, fields)
         decoded = time.perf_counter()
-        result = await self._call_model(version, t0, t1, fields.probabilities)
+        result = await self._call_model(version, t0, t1, fields.probabilities, fields.threshold)
         inferred = time.perf_counter()
 
         if small:
@@ -323,6 +330,7 @@ class ChangeAPI:
         finished = time.perf_counter()
         payload["model"] = {"name": self.catalog.name, "version": version, "requested": requested}
         payload["batch_size"] = result["batch_size"]
+        payload["threshold"] = result.get("threshold")
         payload["timings_ms"] = {
             "decode": round(1000 * (decoded - started), 3),
             "model": round(1000 * (inferred - decoded), 3),
@@ -332,9 +340,11 @@ class ChangeAPI:
         }
         return JSONResponse(payload)
 
-    async def _call_model(self, version: int, t0: np.ndarray, t1: np.ndarray, probabilities: bool) -> dict:
+    async def _call_model(
+        self, version: int, t0: np.ndarray, t1: np.ndarray, probabilities: bool, threshold: float | None = None
+    ) -> dict:
         handle = self.model.options(multiplexed_model_id=str(version))
-        call = handle.predict.remote(t0, t1, probabilities)
+        call = handle.predict.remote(t0, t1, probabilities, threshold)
         try:
             return await asyncio.wait_for(_awaitable(call), self.settings.request_timeout_s)
         except (asyncio.TimeoutError, asyncio.CancelledError) as err:
@@ -380,6 +390,7 @@ class ChangeAPI:
             version=str(version) if version else None,
             probabilities=parse_flag(form.get("probabilities", False), field="probabilities"),
             overlay=parse_flag(form.get("overlay", False), field="overlay"),
+            threshold=parse_threshold(form.get("threshold")),
         )
 
     def _parse_json(self, body: bytes) -> _Fields:
@@ -403,7 +414,7 @@ class ChangeAPI:
                 images[name] = decode_base64(ref.data, field=name)
             else:
                 images[name] = read_uri(ref.uri, field=name, settings=self.settings, storage_options=self.cfg.storage)
-        return _Fields(images["t0"], images["t1"], parsed.version, parsed.probabilities, parsed.overlay)
+        return _Fields(images["t0"], images["t1"], parsed.version, parsed.probabilities, parsed.overlay, parsed.threshold)
 
     def _decode(self, fields: _Fields) -> tuple[np.ndarray, np.ndarray]:
         limits = {"max_pixels": self.settings.max_pixels, "min_side": self.settings.min_side}
@@ -433,20 +444,22 @@ class _Item:
     t0: np.ndarray
     t1: np.ndarray
     probabilities: bool
+    threshold: float | None = None
 
 
 def _run_batch(items: list[_Item]) -> list[dict | Exception]:
     """The inference core per model version: same-size pairs share forward passes within
     the pixel budget, large pairs are tiled. A failing group fails only its own items."""
     out: list[dict | Exception | None] = [None] * len(items)
-    by_model: dict[int, list[int]] = {}
-    for i, item in enumerate(items):
-        by_model.setdefault(id(item.predictor), []).append(i)
+    by_model: dict[tuple, list[int]] = {}
+    for i, item in enumerate(items):  # one group per model version and requested threshold
+        by_model.setdefault((id(item.predictor), item.threshold), []).append(i)
     for indices in by_model.values():
         predictor = items[indices[0]].predictor
         change = any(items[i].probabilities for i in indices)
         try:
-            results = predictor.predict_pairs([items[i].t0 for i in indices], [items[i].t1 for i in indices], change=change)
+            results = predictor.predict_pairs([items[i].t0 for i in indices], [items[i].t1 for i in indices], change=change,
+                                              threshold=items[indices[0]].threshold)
         except Exception as err:  # noqa: BLE001 - handed to each request of this model
             results = [err] * len(indices)
         for i, res in zip(indices, results):
@@ -458,6 +471,7 @@ def _run_batch(items: list[_Item]) -> list[dict | Exception]:
                 "change_probability": res.change.astype(np.float32) / 65535.0 if items[i].probabilities else None,
                 "inference_ms": res.inference_ms,
                 "batch_size": res.batch_size,
+                "threshold": res.threshold,
             }
     return out
 
@@ -495,9 +509,11 @@ class ChangeModel:
         await self.load_model(serve.get_multiplexed_model_id())
         return True
 
-    async def predict(self, t0: np.ndarray, t1: np.ndarray, probabilities: bool = False) -> dict:
+    async def predict(
+        self, t0: np.ndarray, t1: np.ndarray, probabilities: bool = False, threshold: float | None = None
+    ) -> dict:
         predictor = await self.load_model(serve.get_multiplexed_model_id())
-        result = await self._infer(_Item(predictor, t0, t1, probabilities))
+        result = await self._infer(_Item(predictor, t0, t1, probabilities, threshold))
         if isinstance(result, Exception):
             raise result
         return result

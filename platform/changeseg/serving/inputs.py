@@ -138,3 +138,16 @@ def parse_flag(value, *, field: str) -> bool:
     if text in {"0", "false", "no", "off", ""}:
         return False
     raise RequestError(422, "bad_field", f"{field} must be true or false, got {value!r}")
+
+
+def parse_threshold(value) -> float | None:
+    """A form's ``threshold``: empty or absent is None (the version's stored one), else a number in [0, 1]."""
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        number = float("nan")
+    if not 0.0 <= number <= 1.0:  # NaN fails too
+        raise RequestError(422, "bad_field", f"threshold must be a number within [0, 1], got {value!r}")
+    return number

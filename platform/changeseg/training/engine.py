@@ -172,7 +172,7 @@ def build_engine(
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=grad_scaler(precision, device),
-        loss_fn=ChangeLoss(weight=weight, ignore_index=cfg.data.ignore_index).to(device),
+        loss_fn=ChangeLoss(weight=weight, ignore_index=cfg.data.ignore_index, dice=cfg.train.loss == "ce_dice").to(device),
         device=device,
         precision=precision,
         steps_per_epoch=steps_per_epoch,
@@ -280,12 +280,16 @@ def train_one_epoch(
     )
 
 
-def validate(engine: Engine, samples: Iterable[Mapping[str, Any]]) -> tuple[ChangeMetrics, float, int]:
+def validate(
+    engine: Engine, samples: Iterable[Mapping[str, Any]], *, curve: Any = None
+) -> tuple[ChangeMetrics, float, int]:
     """Metrics, summed loss and pair count over every rank's validation pairs.
 
     Runs the bare model (a DDP forward would broadcast buffers, a collective that a
     rank without pairs never joins) one pair at a time, since pairs may differ in size.
     Every rank then makes the same two collectives, whether it had pairs or not.
+    ``curve`` (a :class:`changeseg.thresholds.ThresholdCurve`, on every rank or none)
+    also collects P(change) per pixel for the operating point, with one more collective.
     """
     cfg = engine.cfg
     metrics = ChangeMetrics(num_classes=cfg.model.resolved_num_classes(), ignore_index=cfg.data.ignore_index)
@@ -301,8 +305,12 @@ def validate(engine: Engine, samples: Iterable[Mapping[str, Any]]) -> tuple[Chan
             logits = logits.float()
             loss_sum += engine.loss_fn(logits, target).double()
             metrics.update(logits.argmax(1), target)
+            if curve is not None:  # operating point: P(any change) histogram
+                curve.update(1.0 - logits.softmax(1)[:, 0], target)
             count += 1
     all_reduce_(metrics)
+    if curve is not None:
+        curve.all_reduce_(engine.device)
     totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64, device=engine.device)]))
     loss_total, count_total = totals.tolist()
     return metrics, loss_total, int(count_total)

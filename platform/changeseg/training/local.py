@@ -25,7 +25,8 @@ from changeseg.data.pipeline import augment_options, load_options
 from changeseg.data.records import PairRecord
 from changeseg.data.transforms import augment_pair
 from changeseg.devices import resolve_device
-from changeseg.training.engine import build_engine, train_one_epoch
+from changeseg.training.calibration import curve_for, operating_point_for
+from changeseg.training.engine import build_engine, train_one_epoch, validate
 from changeseg.training.losses import count_mask_pixels
 from changeseg.training.trainer import class_weights_for
 
@@ -42,6 +43,8 @@ class LocalFit:
     class_weights: list[float] | None
     losses: list[float] = field(default_factory=list)  # mean training loss per epoch
     skipped_steps: int = 0
+    # The stored threshold chosen on ``calibration_records`` (binary models), else None.
+    operating_point: dict | None = None
 
 
 def _decode(cfg: Config, records: Sequence[PairRecord]) -> list[dict]:
@@ -67,8 +70,10 @@ def fit_local(
     device: str | torch.device = "auto",
     progress: Callable[[str], None] | None = print,
     progress_seconds: float = 30.0,
+    calibration_records: Sequence[PairRecord] = (),
 ) -> LocalFit:
-    """Train ``cfg.model`` (or ``model``) on ``records`` for ``cfg.train.epochs`` epochs."""
+    """Train ``cfg.model`` (or ``model``) on ``records`` for ``cfg.train.epochs`` epochs;
+    with ``calibration_records``, choose the operating point on them afterwards."""
     if not records:
         raise ValueError("fit_local needs at least one training pair")
     torch.manual_seed(cfg.run.seed)
@@ -112,5 +117,13 @@ def fit_local(
     if progress is not None:
         progress(f"trained {done} steps in {seconds:.0f} s, last epoch loss {losses[-1]:.4f}"
                  + (f", {skipped} step(s) skipped (no labelled pixels or a non-finite loss)" if skipped else ""))
+    point = None
+    if calibration_records:
+        curve = curve_for(cfg)
+        validate(engine, _decode(cfg, calibration_records), curve=curve)
+        point = operating_point_for(cfg, curve)
+        if progress is not None and point is not None:
+            progress(f"operating point: threshold {point['threshold']:.3f} ({point['method']})")
     model = engine.bare_model.eval()
-    return LocalFit(model=model, steps=done, seconds=seconds, class_weights=weights, losses=losses, skipped_steps=skipped)
+    return LocalFit(model=model, steps=done, seconds=seconds, class_weights=weights, losses=losses,
+                    skipped_steps=skipped, operating_point=point)

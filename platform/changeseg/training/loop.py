@@ -19,6 +19,7 @@ from changeseg.config import Config
 from changeseg.data.decode import load_pair
 from changeseg.data.pipeline import load_options
 from changeseg.runtime import quiet_ray_loggers
+from changeseg.training.calibration import curve_for, operating_point_for, operating_point_metrics, store_operating_point
 from changeseg.training.engine import build_engine, restore_checkpoint, save_training_checkpoint, train_one_epoch, validate
 
 # Columns the loop takes from the training shard; pair_id is kept so the order is observable.
@@ -54,6 +55,10 @@ def train_loop_per_worker(params: dict[str, Any]) -> None:
     cfg = Config.model_validate(params["config"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if not cfg.train.use_gpu:
+        # As many intra-op threads as the worker holds CPUs: Ray's default of one thread
+        # leaves the rest of a multi-CPU worker idle.
+        torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     torch.manual_seed(cfg.run.seed + rank)
     np.random.seed(cfg.run.seed + rank)
     engine = build_engine(
@@ -72,7 +77,9 @@ def train_loop_per_worker(params: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, cfg.train.epochs):
         stats = train_one_epoch(engine, shard_batches(shard, batch_size=cfg.train.batch_size))
-        val_metrics, val_loss, val_count = validate(engine, _validation_samples(val_rows, cfg))
+        curve = curve_for(cfg)  # binary models: P(change) histogram for the operating point
+        val_metrics, val_loss, val_count = validate(engine, _validation_samples(val_rows, cfg), curve=curve)
+        point = operating_point_for(cfg, curve)
         metrics: dict[str, float] = {
             "epoch": epoch,
             # The epoch this process started from: > 0 after a resume from a checkpoint.
@@ -85,9 +92,11 @@ def train_loop_per_worker(params: dict[str, Any]) -> None:
             "epoch_seconds": stats.seconds,
         }
         metrics.update({f"val_{k}": float(v) for k, v in val_metrics.compute().items()})
+        metrics.update(operating_point_metrics(point))
         with tempfile.TemporaryDirectory() as tmp:
             reported = None
             if rank == 0:
                 save_training_checkpoint(engine, tmp, epoch=epoch, metrics=metrics, config=params["config"])
+                store_operating_point(tmp, point)
                 reported = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=reported)

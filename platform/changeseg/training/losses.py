@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ChangeLoss", "class_weights_from_counts", "class_weights_from_masks", "count_mask_pixels"]
+__all__ = ["ChangeLoss", "capped_class_weights", "class_weights_from_counts", "soft_dice_loss", "class_weights_from_masks", "count_mask_pixels"]
 
 
 def class_weights_from_counts(*, changed: int, unchanged: int, power: float = 1.0) -> Tensor:
@@ -82,8 +82,10 @@ class ChangeLoss(nn.Module):
 
     weight: Tensor | None
 
-    def __init__(self, *, weight: Tensor | None = None, ignore_index: int = 255) -> None:
+    def __init__(self, *, weight: Tensor | None = None, ignore_index: int = 255, dice: bool = False) -> None:
         super().__init__()
+        # Plus the soft Dice loss of "any change" (1 - P(no change)) over the batch's valid pixels.
+        self.dice = bool(dice)
         if weight is not None:
             weight = torch.as_tensor(weight, dtype=torch.float32)
             if weight.dim() != 1:
@@ -104,8 +106,30 @@ class ChangeLoss(nn.Module):
         else:
             denominator = (weight[target.masked_fill(~valid, 0)] * valid).sum()
         # clamp: an all-ignored batch gives 0 / tiny = 0 instead of 0 / 0.
-        return per_pixel.sum() / denominator.clamp_min(torch.finfo(per_pixel.dtype).tiny)
+        loss = per_pixel.sum() / denominator.clamp_min(torch.finfo(per_pixel.dtype).tiny)
+        if self.dice:
+            loss = loss + soft_dice_loss(logits, target, ignore_index=self.ignore_index)
+        return loss
 
     def extra_repr(self) -> str:
         w = None if self.weight is None else [round(v, 4) for v in self.weight.tolist()]
-        return f"weight={w}, ignore_index={self.ignore_index}"
+        return f"weight={w}, ignore_index={self.ignore_index}, dice={self.dice}"
+
+
+def soft_dice_loss(logits: Tensor, target: Tensor, *, ignore_index: int = 255, smooth: float = 1.0) -> Tensor:
+    """``1 - (2 sum(p t) + s) / (sum(p) + sum(t) + s)`` of P(any change) over valid pixels.
+
+    Dice rewards overlap, not pixel counts, so on 1-10 % change it does not pay to call
+    everything change as area-ratio weights do; ``smooth`` makes an empty batch 0.
+    """
+    valid = (target != ignore_index).to(logits.dtype)
+    p = (1.0 - logits.softmax(1)[:, 0]) * valid
+    t = ((target != 0) & (target != ignore_index)).to(logits.dtype)
+    return 1.0 - (2.0 * (p * t).sum() + smooth) / (p.sum() + t.sum() + smooth)
+
+
+def capped_class_weights(*, changed: int, unchanged: int, cap: float) -> Tensor:
+    """Inverse-frequency weights whose change/no-change ratio is at most ``cap``, summing to 1."""
+    class_weights_from_counts(changed=changed, unchanged=unchanged)  # the same checks of the counts
+    ratio = min(unchanged / changed, cap)
+    return torch.tensor([1.0 / (1.0 + ratio), ratio / (1.0 + ratio)], dtype=torch.float32)

@@ -15,7 +15,7 @@ from changeseg.config import Config
 from changeseg.data.pipeline import count_change_pixels, pair_dataset, plan_datasets, records_to_rows, screen_plan
 from changeseg.models import create_model
 from changeseg.runtime import init_ray, local_num_cpus  # noqa: F401  (re-exported)
-from changeseg.training.losses import class_weights_from_counts
+from changeseg.training.losses import capped_class_weights, class_weights_from_counts
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,8 @@ def class_weights_for(cfg: Config, counts: Callable[[], tuple[int, int]]) -> lis
         # The paper leaves multi-class (ChangeSim) training unweighted.
         return None
     changed, unchanged = counts()
+    if spec == "capped":
+        return capped_class_weights(changed=changed, unchanged=unchanged, cap=cfg.train.class_weight_cap).tolist()
     power = 0.5 if spec == "sqrt" else 1.0
     return class_weights_from_counts(changed=changed, unchanged=unchanged, power=power).tolist()
 
