@@ -153,3 +153,29 @@ def test_serving_threshold_field():
     for bad in ("1.5", "nan", "x"):
         with pytest.raises(RequestError):
             parse_threshold(bad)
+
+
+def test_synthetic_pairs_mark_the_pasted_regions(tmp_path):
+    from changeseg.data.changesynth import synthesize_pair, write_synthetic_pairs
+
+    rng = np.random.default_rng(0)
+    image = np.full((64, 64, 3), 100, np.uint8)
+    donor = np.full((64, 64, 3), 250, np.uint8)
+    pair = synthesize_pair(image, [donor], rng, objects=(3, 3), jitter=0.0, max_shift=0)
+    changed = pair["mask"] == 1
+    assert changed.any() and not changed.all()
+    # Without jitter or shift, the dates differ only where something was pasted: fully
+    # inside the mask, and outside it only by less than half the contrast (feathered edges).
+    diff = np.abs(pair["t0"].astype(int) - pair["t1"].astype(int)).max(-1)
+    differs = diff > 0
+    assert diff[~changed].max() <= 150 // 2 + 1
+    assert (differs & changed).sum() / changed.sum() > 0.9
+    segmentation = np.zeros((64, 64), np.uint8)
+    segmentation[10:20, 30:50] = 7  # one 10x20 object
+    pair = synthesize_pair(image, [donor], rng, segmentations=[segmentation], objects=(1, 1), jitter=0.0, max_shift=0)
+    assert pair["mask"].sum() == 200
+    for k in range(2):
+        Image.fromarray(np.full((40, 40, 3), 60 * k, np.uint8)).save(tmp_path / f"img{k}.png")
+    count = write_synthetic_pairs([tmp_path / "img0.png", tmp_path / "img1.png"], tmp_path / "pairs",
+                                  pairs_per_image=2, size=32)
+    assert count == 4 and len(list((tmp_path / "pairs" / "mask").glob("*.png"))) == 4
