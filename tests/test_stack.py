@@ -87,9 +87,8 @@ def _assert_registry_guarded(uri: str, users: dict, monkeypatch) -> None:
     """Anonymous: nothing. The serving user: reads, cannot move an alias. Jobs' user: can."""
     registry = MlflowClient(uri)
     _login(monkeypatch, None)
-    with pytest.raises(MlflowException) as anonymous:
-        registry.set_registered_model_alias("changeseg", "champion", "1")
-    assert anonymous.value.error_code == "UNAUTHENTICATED", anonymous.value
+    # A raw request with no credentials at all (MLflow's client may reuse state of its
+    # process-wide HTTP session between tests).
     bare = requests.post(f"{uri}/api/2.0/mlflow/registered-models/alias", timeout=30,
                          json={"name": "changeseg", "alias": "champion", "version": "1"})
     assert bare.status_code == 401, bare.text
