@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from changeseg.models.presets import preset_num_classes
+
 
 # Numeric precision of forward passes: "auto" is bf16 on a CUDA device that supports
 # it, else fp32; bf16/fp16 are autocast modes (fp16 with a gradient scaler in training).
@@ -190,9 +192,7 @@ class ModelSection(_Section):
         """The class count the model will have (explicit, else the preset's, else 2)."""
         if self.num_classes is not None:
             return self.num_classes
-        from changeseg.models import PRESETS
-
-        return int(PRESETS.get(self.name, {}).get("num_classes", 2))
+        return preset_num_classes(self.name)
 
 
 class TrainSection(_Section):

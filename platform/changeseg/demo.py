@@ -8,9 +8,17 @@ import logging
 import time
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from changeseg.config import load_config
+from changeseg.data.synthetic import make_pair, pair_seed, write_folder
+from changeseg.inference.batch import batch_score
+from changeseg.inference.predictor import Predictor
+from changeseg.metrics import ChangeMetrics
+from changeseg.serving.local import serve_one_request
+from changeseg.training.trainer import finetune
+from changeseg.viz import overlay_panel
 
 log = logging.getLogger(__name__)
 
@@ -20,14 +28,6 @@ TEST_SEED_OFFSET = 7_000_001
 
 def run_demo(*, config_path: str | None, overrides: list[str], output: str | Path, test_pairs: int = 64, overlays: int = 6) -> dict:
     """Run the demo and return its summary (also written to ``output/summary.json``)."""
-    from changeseg.data.synthetic import make_pair, pair_seed
-    from changeseg.inference import Predictor
-    from changeseg.metrics import ChangeMetrics
-    from changeseg.training.trainer import finetune
-    from changeseg.viz import overlay_panel
-
-    import torch
-
     started = time.perf_counter()
     cfg = load_config(config_path, overrides)
     output = Path(output).resolve()
@@ -59,9 +59,6 @@ def run_demo(*, config_path: str | None, overrides: list[str], output: str | Pat
     }
     if result.registered:
         # Batch-score the held-out pairs, written as an archive, with the registered champion.
-        from changeseg.data.synthetic import write_folder
-        from changeseg.inference.batch import batch_score
-
         archive = output / "held_out_archive"
         if not (archive / "mask").is_dir() or len(list((archive / "mask").glob("*.png"))) != test_pairs:
             write_folder(archive, count=test_pairs, seed=syn.seed + TEST_SEED_OFFSET, size=syn.size)
@@ -72,8 +69,6 @@ def run_demo(*, config_path: str | None, overrides: list[str], output: str | Pat
         summary["seconds"] = round(time.perf_counter() - started, 1)
 
         # Serve the champion over HTTP, send it one held-out pair, then stop Serve.
-        from changeseg.serving.local import serve_one_request
-
         pair = make_pair(seed=pair_seed(syn.seed + TEST_SEED_OFFSET, 0), size=syn.size)
         summary["served"] = serve_one_request(cfg, tracking_uri=result.tracking_uri, t0=pair.t0, t1=pair.t1)
         summary["seconds"] = round(time.perf_counter() - started, 1)

@@ -11,11 +11,11 @@ import mlflow
 import numpy as np
 from mlflow.pyfunc import PythonModel
 
+from changeseg.inference.predictor import Predictor
+
 
 class ChangesegPyfunc(PythonModel):
     def load_context(self, context) -> None:
-        from changeseg.inference.predictor import Predictor
-
         # The inference core; fp32 so the answer matches the logged model on any device.
         self.predictor = Predictor.from_dir(context.artifacts["checkpoint"], device="auto", precision="fp32")
         self.model, self.metadata = self.predictor.model, self.predictor.info.get("metadata", {})

@@ -18,9 +18,18 @@ import numpy as np
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
+from mlflow.models.signature import ModelSignature
+from mlflow.types.schema import Schema, TensorSpec
+from PIL import Image
 from ray.train import UserCallback
 
-from changeseg.config import Config
+from changeseg.config import Config, resolve_tracking_uri
+from changeseg.data.decode import load_pair
+from changeseg.inference.naming import pair_file_name
+from changeseg.inference.predictor import Predictor
+from changeseg.models import resolve_model_args
+from changeseg.models.weights import read_metadata
+from changeseg.viz import overlay_panel
 
 log = logging.getLogger(__name__)
 # Jobs print their own progress lines; MLflow's per-download progress bars would
@@ -93,8 +102,6 @@ def log_run_inputs(cfg: Config, *, run_id: str, train_pairs: int, val_pairs: int
     existing = client.get_run(run_id).data.params
     params = flatten(cfg.model_dump(mode="json"))
     # The architecture as built (preset and defaults filled in), not just what the config set.
-    from changeseg.models import resolve_model_args
-
     params.update({f"model.{k}": str(v) for k, v in resolve_model_args(**cfg.model.factory_kwargs()).items()})
     params.update({"data.train_pairs": str(train_pairs), "data.val_pairs": str(val_pairs), "train.class_weights_used": str(class_weights)})
     # MLflow params are immutable: on resume, only log what is new.
@@ -139,13 +146,6 @@ class MLflowEpochLogger(UserCallback):
 
 def log_overlays(cfg: Config, *, run_id: str, checkpoint_dir: Path, records: list) -> list[str]:
     """Predict a few validation pairs and log their overlay panels as images."""
-    from PIL import Image
-
-    from changeseg.data.decode import load_pair
-    from changeseg.inference import Predictor
-    from changeseg.inference.naming import pair_file_name
-    from changeseg.viz import overlay_panel
-
     count = min(cfg.train.num_overlays, len(records))
     if count == 0:
         return []
@@ -168,9 +168,6 @@ def log_overlays(cfg: Config, *, run_id: str, checkpoint_dir: Path, records: lis
 
 
 def model_signature(num_classes: int):
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
-
     image = (-1, 3, -1, -1)
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), image, "t0"), TensorSpec(np.dtype(np.float32), image, "t1")]),
@@ -242,8 +239,6 @@ THRESHOLD_TAG = "changeseg.threshold"
 
 def _tag_operating_point(client: MlflowClient, name: str, version: str, checkpoint_dir: Path) -> None:
     """The checkpoint's stored threshold (and how it was chosen) as tags of the version."""
-    from changeseg.models.weights import read_metadata
-
     point = read_metadata(checkpoint_dir).get("metadata", {}).get("operating_point")
     if not point:
         return
@@ -252,6 +247,4 @@ def _tag_operating_point(client: MlflowClient, name: str, version: str, checkpoi
 
 
 def end_run(run_id: str, tracking_uri: str | None = None, status: str = "FINISHED") -> None:
-    from changeseg.config import resolve_tracking_uri
-
     client_for(resolve_tracking_uri(tracking_uri)).set_terminated(run_id, status=status)

@@ -17,7 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 from torch.nn import functional as F
+
+from changeseg.inference.predictor import Predictor
 
 # Colours of the error map: hits, false alarms and misses.
 TP_COLOUR = np.array([40, 200, 60], dtype=np.uint8)
@@ -107,8 +110,6 @@ def _label(tile: np.ndarray, text: str | None) -> np.ndarray:
     """The tile under a white strip with ``text`` (PIL's built-in font)."""
     if text is None:
         return tile
-    from PIL import Image, ImageDraw
-
     strip = Image.new("RGB", (tile.shape[1], LABEL_HEIGHT), (255, 255, 255))
     ImageDraw.Draw(strip).text((2, 0), text, fill=(0, 0, 0))
     return np.concatenate([np.asarray(strip, dtype=np.uint8), tile], axis=0)
@@ -196,8 +197,6 @@ def branch_panel(
 def branch_panel_for(model: Any, t0: np.ndarray, t1: np.ndarray, **kwargs: Any) -> np.ndarray:
     """Run the MTF model (or a :class:`~changeseg.inference.predictor.Predictor` around it) on
     one uint8 RGB pair through the inference core and draw :func:`branch_panel`."""
-    from changeseg.inference.predictor import Predictor
-
     if isinstance(model, Predictor):
         prediction, branches = model.forward_with_branches(t0, t1)
         return branch_panel(t0, t1, prediction, branches, index=0, **kwargs)

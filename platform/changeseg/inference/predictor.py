@@ -11,10 +11,10 @@ channels-last and optional flip test-time augmentation, and takes the softmax in
 
 from __future__ import annotations
 
-import re
+import json
 import tempfile
-from pathlib import Path
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -22,66 +22,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from changeseg import storage
-from changeseg.config import StorageSection, resolve_tracking_uri
+from changeseg.config import StorageSection
 from changeseg.data.decode import to_model_input
 from changeseg.devices import autocast, prepare_for_device, resolve_device, resolve_precision
 from changeseg.inference.tiling import Window, plan_windows
-from changeseg.models.weights import find_checkpoint_dir, load_checkpoint, model_from_checkpoint
+from changeseg.models.location import find_checkpoint_dir, resolve_model_dir
+from changeseg.models.weights import load_checkpoint, model_from_checkpoint
+from changeseg.thresholds import DEFAULT_THRESHOLD, threshold_of
 
 __all__ = ["PairPrediction", "Predictor", "resolve_model_dir"]
-
-_REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[0-9]+)|@(?P<alias>[A-Za-z0-9_-]+))$", re.ASCII)
-
-
-def resolve_model_dir(
-    uri: str,
-    *,
-    tracking_uri: str | None = None,
-    storage_options: StorageSection | None = None,
-    download_dir: str | Path | None = None,
-) -> tuple[Path, dict[str, Any]]:
-    """Make a model available as a local checkpoint folder.
-
-    ``uri``: ``models:/<name>/<version>``, ``models:/<name>@<alias>``, a local checkpoint
-    folder, or an s3:// checkpoint folder. Returns (folder, registry info).
-    """
-    download_dir = Path(download_dir or tempfile.mkdtemp(prefix="changeseg-model-"))
-    match = _REGISTRY_URI.match(uri)
-    if match:
-        import mlflow
-        from mlflow import MlflowClient
-
-        tracking_uri = resolve_tracking_uri(tracking_uri)
-        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        name = match["name"]
-        try:
-            if match["alias"]:
-                version = client.get_model_version_by_alias(name, match["alias"])
-            else:
-                version = client.get_model_version(name, match["version"])
-        except mlflow.exceptions.MlflowException as err:
-            raise LookupError(f"model {uri} not found in the registry at {tracking_uri}: {err.message}") from None
-        # Resolve through this client, not MLflow's process-wide registry setting.
-        source = client.get_model_version_download_uri(name, str(version.version))
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=source, dst_path=str(download_dir), tracking_uri=tracking_uri
-        )
-        info = {"name": name, "version": int(version.version), "run_id": version.run_id, "uri": uri}
-        return find_checkpoint_dir(local), info
-    if storage.is_remote(uri):
-        import pyarrow.fs as pafs
-
-        fs, path = storage.filesystem_for(uri, storage_options)
-        if fs.get_file_info(path).type != pafs.FileType.Directory:
-            raise FileNotFoundError(f"checkpoint folder not found: {uri}")
-        pafs.copy_files(path, str(download_dir), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        return find_checkpoint_dir(download_dir), {"name": uri, "version": None, "uri": uri}
-    local = Path(uri.removeprefix("file://"))
-    if not local.exists():
-        raise FileNotFoundError(f"model checkpoint not found: {uri}")
-    return find_checkpoint_dir(local), {"name": str(local), "version": None, "uri": uri}
-
 
 @dataclass
 class PairPrediction:
@@ -142,8 +91,6 @@ class Predictor:
     @classmethod
     def from_bytes(cls, meta: bytes | str, weights: bytes, *, info: dict[str, Any] | None = None, **options: Any) -> "Predictor":
         """A checkpoint held in memory: ``model.json`` text and safetensors bytes (batch actors)."""
-        import json
-
         parsed = json.loads(meta)
         model = model_from_checkpoint(parsed, weights)
         return cls(model, info={**(info or {}), "metadata": parsed.get("metadata", {})}, **options)
@@ -163,8 +110,6 @@ class Predictor:
     def threshold(self) -> float | None:
         """The P(change) cut a binary model uses: the constructor's, else the one stored
         with the checkpoint (its operating point), else 0.5. None for multi-class (argmax)."""
-        from changeseg.thresholds import DEFAULT_THRESHOLD, threshold_of
-
         if self.num_classes != 2:
             return None
         if self.threshold_override is not None:

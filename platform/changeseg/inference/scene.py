@@ -11,6 +11,9 @@ the GeoTIFFs become COGs and the changed regions GeoJSON polygons
 
 from __future__ import annotations
 
+# rasterio, shapely and pyproj are imported in the functions that use them: GDAL is a large
+# native library that only georeferenced inputs need, so image-only jobs never load it.
+
 import json
 import shutil
 import tempfile
@@ -24,9 +27,11 @@ import torch
 
 from changeseg import storage
 from changeseg.data.decode import to_model_input
-from changeseg.data.raster import is_raster_row, open_raster, open_scene_pair
+from changeseg.data.raster import is_raster_row, open_raster, open_scene_pair, raster_options
 from changeseg.inference.geo_outputs import MASK_NODATA, scene_bounds, tiled_profile, to_cog, write_regions
+from changeseg.inference.naming import pair_file_name
 from changeseg.inference.tiling import plan_windows
+from changeseg.metrics import ChangeMetrics
 
 __all__ = ["SceneOptions", "is_scene", "score_scene"]
 
@@ -49,8 +54,6 @@ class SceneOptions:
 
     @classmethod
     def from_config(cls, cfg: Any) -> "SceneOptions":
-        from changeseg.data.raster import raster_options
-
         s = cfg.score
         return cls(raster=raster_options(cfg.data), write_probabilities=s.write_probabilities,
                    probability_dtype=s.probability_dtype, regions_crs=s.regions_crs, regions_simplify=s.regions_simplify,
@@ -159,9 +162,6 @@ def _publish(local: Path, uri: str, storage_options) -> None:
 def score_scene(predictor, row: dict, *, output_uri: str, opts: SceneOptions, storage_options=None) -> dict:
     """Score one georeferenced pair into ``OUTPUT/masks|probabilities/<id>.tif`` and
     ``OUTPUT/regions/<id>.geojson``; returns the result row's fields (``stats``: timings)."""
-    from changeseg.inference.naming import pair_file_name
-    from changeseg.metrics import ChangeMetrics
-
     pid = row["pair_id"]
     stats: dict[str, Any] = {"read_s": 0.0, "model_s": 0.0, "write_s": 0.0, "cog_s": 0.0, "regions_s": 0.0, "valid": 0, "changed": 0}
     metrics = ChangeMetrics(num_classes=predictor.num_classes, ignore_index=opts.ignore_index)

@@ -23,16 +23,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torchvision
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from .backbones import Backbone, TimmBackbone
 from .channels import adapt_state_for
+from .location import WEIGHTS_FILE, resolve_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +76,6 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -241,13 +242,6 @@ def _transplant_segmentation(model: nn.Module, name: str, weights_file: str | No
 
 def _warm_start(model: nn.Module, uri: str, storage_options: Any | None) -> LoadReport:
     """A changeseg checkpoint (any URI the Predictor resolves), loaded where shapes match."""
-    import tempfile
-
-    from safetensors.torch import load_file
-
-    from changeseg.inference.predictor import resolve_model_dir
-    from changeseg.models.weights import WEIGHTS_FILE
-
     with tempfile.TemporaryDirectory(prefix="changeseg-init-") as tmp:
         directory, _ = resolve_model_dir(uri, storage_options=storage_options, download_dir=tmp)
         state = load_file(str(directory / WEIGHTS_FILE))

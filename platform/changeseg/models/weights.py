@@ -12,11 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "model.json"
+from changeseg.models.factory import create_model
+from changeseg.models.location import META_FILE, WEIGHTS_FILE, find_checkpoint_dir
+
+__all__ = ["META_FILE", "WEIGHTS_FILE", "find_checkpoint_dir", "load_checkpoint", "model_from_checkpoint",
+           "read_metadata", "save_checkpoint", "unwrap"]
+
 # What a checkpoint's model.json may pass to create_model: the architecture, nothing that
 # makes loading read other files or URIs (weights, weights_file, storage_options).
 ARCHITECTURE_KEYS = frozenset({"name", "backbone", "mtf", "msf_scales", "head", "num_classes", "msf_width", "head_channels",
@@ -58,10 +63,6 @@ def architecture(config: Any) -> dict[str, Any]:
 
 def model_from_checkpoint(meta: dict[str, Any], weights: bytes | str | Path, *, map_location: str | torch.device = "cpu") -> nn.Module:
     """The model a checkpoint describes: ``meta`` from ``model.json``, weights as safetensors bytes or a file."""
-    from safetensors.torch import load as load_bytes
-
-    from changeseg.models import create_model
-
     if not isinstance(meta, dict):
         raise ValueError(f"checkpoint {META_FILE} must hold a JSON object")
     model = create_model(**architecture(meta.get("model")))
@@ -83,14 +84,3 @@ def load_checkpoint(directory: str | Path, *, map_location: str | torch.device =
         raise FileNotFoundError(f"checkpoint has no weights file: {weights}")
     model = model_from_checkpoint(meta, weights, map_location=map_location)
     return model, meta.get("metadata", {})
-
-
-def find_checkpoint_dir(root: str | Path) -> Path:
-    """The folder under ``root`` (itself included) that holds a checkpoint's ``model.json``."""
-    root = Path(root)
-    if (root / META_FILE).is_file():
-        return root
-    for path in sorted(root.rglob(META_FILE)):
-        if (path.parent / WEIGHTS_FILE).is_file():
-            return path.parent
-    raise FileNotFoundError(f"no changeseg checkpoint ({META_FILE} + {WEIGHTS_FILE}) under {root}")

@@ -27,8 +27,7 @@ from changeseg.data.transforms import augment_pair
 from changeseg.devices import resolve_device
 from changeseg.training.calibration import curve_for, operating_point_for
 from changeseg.training.engine import build_engine, train_one_epoch, validate
-from changeseg.training.losses import count_mask_pixels
-from changeseg.training.trainer import class_weights_for
+from changeseg.training.losses import class_weights_for, count_mask_pixels
 
 __all__ = ["LocalFit", "fit_local"]
 

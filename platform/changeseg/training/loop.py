@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import ray.train
+import ray.train.torch
 import torch
 
 from changeseg.config import Config
@@ -48,9 +50,6 @@ def train_loop_per_worker(params: dict[str, Any]) -> None:
     ``val_rows`` (validation records, split across workers here so none is dropped) and
     ``steps_per_epoch`` (equal on every worker, which DDP needs).
     """
-    import ray.train
-    import ray.train.torch
-
     quiet_ray_loggers()
     cfg = Config.model_validate(params["config"])
     ctx = ray.train.get_context()

@@ -8,12 +8,14 @@ runs use no weights and ignore index 255.)
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from changeseg.config import Config
 
 __all__ = ["ChangeLoss", "capped_class_weights", "class_weights_from_counts", "soft_dice_loss", "class_weights_from_masks", "count_mask_pixels"]
 
@@ -133,3 +135,25 @@ def capped_class_weights(*, changed: int, unchanged: int, cap: float) -> Tensor:
     class_weights_from_counts(changed=changed, unchanged=unchanged)  # the same checks of the counts
     ratio = min(unchanged / changed, cap)
     return torch.tensor([1.0 / (1.0 + ratio), ratio / (1.0 + ratio)], dtype=torch.float32)
+
+
+def class_weights_for(cfg: Config, counts: Callable[[], tuple[int, int]]) -> list[float] | None:
+    """The loss weights ``train.class_weights`` asks for; ``counts()`` gives the training
+    masks' (changed, unchanged) pixels and is only called when they are needed."""
+    spec = cfg.train.class_weights
+    if spec == "none":
+        return None
+    if isinstance(spec, list):
+        if len(spec) != cfg.model.resolved_num_classes():
+            raise ValueError(
+                f"train.class_weights has {len(spec)} values but model.num_classes is {cfg.model.resolved_num_classes()}"
+            )
+        return [float(w) for w in spec]
+    if cfg.model.resolved_num_classes() != 2:
+        # The paper leaves multi-class (ChangeSim) training unweighted.
+        return None
+    changed, unchanged = counts()
+    if spec == "capped":
+        return capped_class_weights(changed=changed, unchanged=unchanged, cap=cfg.train.class_weight_cap).tolist()
+    power = 0.5 if spec == "sqrt" else 1.0
+    return class_weights_from_counts(changed=changed, unchanged=unchanged, power=power).tolist()

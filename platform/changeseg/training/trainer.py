@@ -5,17 +5,22 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from changeseg import storage
+import ray.data
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from changeseg import storage, tracking
 from changeseg.config import Config
 from changeseg.data.pipeline import count_change_pixels, pair_dataset, plan_datasets, records_to_rows, screen_plan
 from changeseg.models import create_model
-from changeseg.runtime import init_ray, local_num_cpus  # noqa: F401  (re-exported)
-from changeseg.training.losses import capped_class_weights, class_weights_from_counts
+from changeseg.models.weights import read_metadata
+from changeseg.runtime import init_ray
+from changeseg.training.losses import class_weights_for
+from changeseg.training.loop import TRAIN_COLUMNS, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -54,28 +59,6 @@ def check_feasible(cfg: Config, *, train_pairs: int) -> int:
     return steps
 
 
-def class_weights_for(cfg: Config, counts: Callable[[], tuple[int, int]]) -> list[float] | None:
-    """The loss weights ``train.class_weights`` asks for; ``counts()`` gives the training
-    masks' (changed, unchanged) pixels and is only called when they are needed."""
-    spec = cfg.train.class_weights
-    if spec == "none":
-        return None
-    if isinstance(spec, list):
-        if len(spec) != cfg.model.resolved_num_classes():
-            raise ValueError(
-                f"train.class_weights has {len(spec)} values but model.num_classes is {cfg.model.resolved_num_classes()}"
-            )
-        return [float(w) for w in spec]
-    if cfg.model.resolved_num_classes() != 2:
-        # The paper leaves multi-class (ChangeSim) training unweighted.
-        return None
-    changed, unchanged = counts()
-    if spec == "capped":
-        return capped_class_weights(changed=changed, unchanged=unchanged, cap=cfg.train.class_weight_cap).tolist()
-    power = 0.5 if spec == "sqrt" else 1.0
-    return class_weights_from_counts(changed=changed, unchanged=unchanged, power=power).tolist()
-
-
 def resolve_class_weights(cfg: Config, plan) -> list[float] | None:
     return class_weights_for(cfg, lambda: plan.train_pixels or count_change_pixels(plan.train, cfg))
 
@@ -86,13 +69,6 @@ def finetune(cfg: Config) -> FinetuneResult:
     Re-running with the same ``run.name`` and ``run.storage_path`` resumes from the
     last checkpoint and continues the same MLflow run.
     """
-    import ray.data
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from changeseg import tracking
-    from changeseg.training.loop import TRAIN_COLUMNS, train_loop_per_worker
-
     started = time.perf_counter()
     plan = plan_datasets(cfg)
     steps_per_epoch = check_feasible(cfg, train_pairs=len(plan.train) * cfg.data.repeat)
@@ -153,8 +129,6 @@ def finetune(cfg: Config) -> FinetuneResult:
     with tempfile.TemporaryDirectory() as tmp:
         local_ckpt = Path(tmp) / "checkpoint"
         result.checkpoint.to_directory(str(local_ckpt))
-        from changeseg.models.weights import read_metadata
-
         meta = read_metadata(local_ckpt).get("metadata", {})
         last_epoch = int(meta.get("epoch", cfg.train.epochs - 1))
         first_epoch = int(metrics.get("start_epoch", 0))
