@@ -1,7 +1,4 @@
-"""Batch-score an archive: ``python jobs/batch_score.py --model MODEL --input INPUT --output OUTPUT [key=value ...]``.
-
-Runs locally or through ``ray job submit --working-dir . -- python jobs/batch_score.py ...``.
-"""
+"""Former name of ``jobs/score.py``, kept for existing ``ray job submit`` commands."""
 
 import sys
 

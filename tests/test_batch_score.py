@@ -142,7 +142,7 @@ def test_killed_scoring_job_resumes_without_duplicates_or_gaps(tmp_path):
     ids = [f"p{i:02d}" for i in range(40)]
     write_pair_folder(archive, ids, size=(96, 96), seed=6)
     output = tmp_path / "out"
-    command = [sys.executable, str(ROOT / "jobs" / "batch_score.py"), "--model", str(model_dir), "--input", str(archive),
+    command = [sys.executable, str(ROOT / "jobs" / "score.py"), "--model", str(model_dir), "--input", str(archive),
                "--output", str(output), "score.flush_rows=2", "score.batch_size=2", "score.max_actors=1",
                "ray.num_cpus=4", "score.progress_seconds=1"]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}

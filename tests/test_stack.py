@@ -126,7 +126,7 @@ def test_stack_trains_on_two_nodes_scores_and_serves(stack, tmp_path, monkeypatc
     assert int(version.version) == 1  # a str over REST, an int from some stores
     _assert_registry_guarded(env["MLFLOW_TRACKING_URI"], stack["mlflow_users"], monkeypatch)
 
-    _submit(env, "jobs/batch_score.py", "--model", "models:/changeseg/1",
+    _submit(env, "jobs/score.py", "--model", "models:/changeseg/1",
             "--input", "s3://changeseg/data", "--output", "s3://changeseg/scores")
     summary = json.loads(s3.get_object(Bucket="changeseg", Key="scores/summary.json")["Body"].read())
     assert summary["pairs_total"] == summary["ok"] == 8, summary

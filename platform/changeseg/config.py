@@ -309,7 +309,7 @@ class ServeSection(_Section):
 
 
 class ScoreSection(_Section):
-    """Offline batch scoring with Ray Data (``jobs/batch_score.py``)."""
+    """Offline batch scoring with Ray Data (``jobs/score.py``)."""
 
     # Pairs per model call; tiles of large pairs are batched the same way.
     batch_size: int = Field(8, ge=1)
