@@ -93,7 +93,7 @@ def bare_rate(model, pairs, batch: int) -> float:
 
 def run_one(pairs: int, size: int, width: int, *, large: bool = False) -> dict:
     """Score ``pairs`` pairs in this process; return rates and the peak tree memory."""
-    from changeseg.inference.batch import batch_score
+    from changeseg.inference.score import batch_score
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

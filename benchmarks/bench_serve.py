@@ -21,7 +21,6 @@ import argparse
 import copy
 import io
 import json
-import socket
 import sys
 import tempfile
 import time
@@ -30,14 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from changeseg.runtime import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"backbone": "resnet18", "msf_width": 16, "msf_scales": 1, "head": "fcn"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def percentiles(values_ms: list[float]) -> dict[str, float]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from changeseg.runtime import free_port  # noqa: F401  (the tests' name for it)
 
 
 def write_pair_folder(root: Path, ids: list[str], *, size=(32, 40), seed: int = 0) -> dict[str, dict]:
@@ -26,8 +27,3 @@ def write_pair_folder(root: Path, ids: list[str], *, size=(32, 40), seed: int = 
     return out
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

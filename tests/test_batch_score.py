@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from changeseg.config import build_config
-from changeseg.inference.batch import batch_score
+from changeseg.inference.score import batch_score
 from changeseg.inference.predictor import Predictor
 from changeseg.models import create_model
 from changeseg.models.weights import save_checkpoint

@@ -114,7 +114,8 @@ def test_peak_memory_does_not_grow_with_the_scene(tmp_path):
 def test_batch_stages_give_scene_rows_and_error_rows(tmp_path, predictor):
     from changeseg.config import build_config
     from changeseg.data.pipeline import load_options
-    from changeseg.inference.batch import RESULT_SCHEMA, _Decode, _Scorer
+    from changeseg.inference.score_actor import Decode as _Decode, Scorer as _Scorer
+    from changeseg.inference.score_results import RESULT_SCHEMA
 
     cfg = build_config({"data": {"bands": [1, 2, 3, 4], "scaling": "range", "value_range": [0, 10000], "align": "reject"}})
     good = g.scene_pair(tmp_path / "a", pid="good", size=(120, 140))

@@ -33,7 +33,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -41,17 +40,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from changeseg.runtime import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 BUCKET = "changeseg"
 # Stop order: what depends on the others goes first.
 COMPONENTS = ("ray-worker", "ray-head", "mlflow", "s3")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_http(url: str, *, timeout_s: float, what: str, log: Path) -> None:

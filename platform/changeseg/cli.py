@@ -158,7 +158,7 @@ def _score_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _score(args: argparse.Namespace, cfg: Config) -> int:
-    from changeseg.inference.batch import batch_score
+    from changeseg.inference.score import batch_score
 
     summary = batch_score(cfg, model_uri=args.model, input_uri=args.input, output_uri=args.output, split=args.split,
                           retry_errors=args.retry_errors)

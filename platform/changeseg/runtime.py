@@ -15,12 +15,13 @@ import importlib.util
 import logging
 import math
 import os
+import socket
 import threading
 import warnings
 
 from changeseg.config import Config
 
-__all__ = ["init_ray", "local_num_cpus", "quiet_ray_loggers"]
+__all__ = ["free_port", "init_ray", "local_num_cpus", "quiet_ray_loggers"]
 
 # Ray loggers whose routine output drowns the console: (logger name, level kept).
 _NOISY_RAY_LOGGERS = {
@@ -106,3 +107,10 @@ def init_ray(cfg: Config) -> None:
             dashboard_host="127.0.0.1",
             runtime_env={"worker_process_setup_hook": "changeseg.runtime.quiet_ray_loggers"},
         )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (local Serve, the local stack, tests)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -210,9 +210,11 @@ def _mask_mode(img: Image.Image) -> Image.Image:
     return img
 
 
-def encode_png(array: np.ndarray) -> bytes:
+def encode_png(array: np.ndarray, *, compress_level: int = 6) -> bytes:
+    """PNG bytes of a uint8 array; ``compress_level=1`` where encoding sits on a model's path
+    (batch masks compress well anyway)."""
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
+    Image.fromarray(array).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
 
 

@@ -7,6 +7,7 @@ deployment's options (replicas, autoscaling, queue limits, GPUs) from the file.
 
 from __future__ import annotations
 
+import base64
 import copy
 import time
 from collections.abc import Callable
@@ -14,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from changeseg.data.decode import encode_png
+from changeseg.runtime import free_port, init_ray
 
 APP_NAME = "changeseg"
 # serve/config.yaml of a source checkout (platform/changeseg/serving -> repository root).
@@ -103,8 +107,6 @@ def run_server(cfg, *, config_path: str | Path = DEFAULT_CONFIG, port: int | Non
     the cluster of ``ray.address``). ``stop`` is polled once a second, for tests."""
     import signal
 
-    from changeseg.runtime import init_ray
-
     init_ray(cfg)
     signal.signal(signal.SIGTERM, _interrupt)  # a container stop ends Serve cleanly too
     try:
@@ -123,23 +125,9 @@ def serve_one_request(cfg, *, t0, t1, tracking_uri: str | None = None, config_pa
     """Serve ``cfg``'s registered model (its alias) from serve/config.yaml on a free
     loopback port, send it one pair over HTTP, shut Serve down; returns the answer
     without the PNGs, plus the round-trip time."""
-    import base64
-    import io
-    import socket
+    import requests  # lazy like the rest of this module's clients: only the demo sends a request
 
-    import requests
-    from PIL import Image
-
-    from changeseg.runtime import init_ray
-
-    def png(array) -> bytes:
-        buf = io.BytesIO()
-        Image.fromarray(array).save(buf, format="PNG")
-        return buf.getvalue()
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     tracking = {
         "tracking_uri": tracking_uri or cfg.resolved_tracking_uri(),
         "registered_model": cfg.tracking.registered_model,
@@ -149,7 +137,7 @@ def serve_one_request(cfg, *, t0, t1, tracking_uri: str | None = None, config_pa
     try:
         url = deploy(load_deploy_config(config_path, port=port, args={"tracking": tracking}), timeout_s=timeout_s)
         requests.get(f"{url}/readyz", timeout=timeout_s).raise_for_status()  # loads the model
-        body = {"t0": {"data": base64.b64encode(png(t0)).decode()}, "t1": {"data": base64.b64encode(png(t1)).decode()}}
+        body = {"t0": {"data": base64.b64encode(encode_png(t0)).decode()}, "t1": {"data": base64.b64encode(encode_png(t1)).decode()}}
         start = time.perf_counter()
         response = requests.post(f"{url}/v1/detect", json=body, timeout=timeout_s)
         elapsed_ms = 1000 * (time.perf_counter() - start)
