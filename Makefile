@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-fast bench bench-quality clean stack stack-down
+.PHONY: install demo test test-fast lint bench bench-quality clean stack stack-down
 
 install: $(STAMP)
 
@@ -21,11 +21,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python jobs/demo.py --config jobs/configs/demo.yaml --output demo_output
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+# Lint, then every tier: unit (seconds), integration (Ray, MLflow, S3), e2e (clusters, Serve, stack).
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q tests/unit tests/integration tests/e2e
 
+# The unit tier: no Ray, no servers, no jobs in subprocesses; well under a minute.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q tests/unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check platform tests jobs benchmarks serve infra
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_model.py

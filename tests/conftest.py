@@ -45,9 +45,8 @@ def tracking_uri(tmp_path) -> str:
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3-protocol server (moto) on loopback; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
     from helpers import free_port
+    from moto.server import ThreadedMotoServer
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

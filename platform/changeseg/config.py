@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from changeseg.models.presets import preset_num_classes
 
-
 # Numeric precision of forward passes: "auto" is bf16 on a CUDA device that supports
 # it, else fp32; bf16/fp16 are autocast modes (fp16 with a gradient scaler in training).
 # Losses and metrics are always computed in fp32. See changeseg.devices.

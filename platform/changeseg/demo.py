@@ -13,8 +13,8 @@ from PIL import Image
 
 from changeseg.config import load_config
 from changeseg.data.synthetic import make_pair, pair_seed, write_folder
-from changeseg.inference.score import batch_score
 from changeseg.inference.predictor import Predictor
+from changeseg.inference.score import batch_score
 from changeseg.metrics import ChangeMetrics
 from changeseg.serving.local import serve_one_request
 from changeseg.training.trainer import finetune

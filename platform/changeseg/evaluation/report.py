@@ -537,8 +537,8 @@ def evaluate(
     architecture (``fc_siam_diff``), with a numeric suffix when two share one.
     """
     from changeseg.data.pipeline import load_options
-    from changeseg.inference.score import load_input_records
     from changeseg.inference.predictor import Predictor
+    from changeseg.inference.score import load_input_records
 
     tracking_uri = cfg.resolved_tracking_uri()
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 # rasterio, shapely and pyproj are imported in the functions that use them: GDAL is a large
 # native library that only georeferenced inputs need, so image-only jobs never load it.
-
 import heapq
 import json
 import math

@@ -30,7 +30,11 @@ from changeseg.data.records import PairRecord
 from changeseg.inference.naming import UnsafePairId, check_pair_id
 from changeseg.inference.score_actor import Decode, Scorer
 from changeseg.inference.score_results import (
-    RESULT_SCHEMA, ResultWriter, drop_error_rows, read_results, result_totals,
+    RESULT_SCHEMA,
+    ResultWriter,
+    drop_error_rows,
+    read_results,
+    result_totals,
 )
 from changeseg.models.location import META_FILE, WEIGHTS_FILE, resolve_model_dir
 from changeseg.runtime import init_ray

@@ -306,7 +306,7 @@ class ChangeAPI:
         # client-chosen proxy timeout (x-request-timeout-seconds) cannot hold it longer.
         try:
             return await asyncio.wait_for(self._detect(request), self.settings.request_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RequestError(504, "timeout", f"the request was not served within {self.settings.request_timeout_s} s") from None
 
     async def _detect(self, request: Request):
@@ -347,7 +347,7 @@ class ChangeAPI:
         call = handle.predict.remote(t0, t1, probabilities, threshold)
         try:
             return await asyncio.wait_for(_awaitable(call), self.settings.request_timeout_s)
-        except (asyncio.TimeoutError, asyncio.CancelledError) as err:
+        except (TimeoutError, asyncio.CancelledError) as err:
             call.cancel()
             if isinstance(err, asyncio.CancelledError):
                 raise

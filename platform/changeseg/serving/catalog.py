@@ -177,7 +177,7 @@ class ModelCatalog:
         future = asyncio.wrap_future(self._executor.submit(fn, *args))
         try:
             return await asyncio.wait_for(future, self.timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise registry_unavailable(f"no answer within {self.timeout_s:g} s") from None
 
     def listing(self) -> dict[str, Any]:

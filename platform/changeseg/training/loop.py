@@ -21,8 +21,19 @@ from changeseg.config import Config
 from changeseg.data.decode import load_pair
 from changeseg.data.pipeline import load_options
 from changeseg.runtime import quiet_ray_loggers
-from changeseg.training.calibration import curve_for, operating_point_for, operating_point_metrics, store_operating_point
-from changeseg.training.engine import build_engine, restore_checkpoint, save_training_checkpoint, train_one_epoch, validate
+from changeseg.training.calibration import (
+    curve_for,
+    operating_point_for,
+    operating_point_metrics,
+    store_operating_point,
+)
+from changeseg.training.engine import (
+    build_engine,
+    restore_checkpoint,
+    save_training_checkpoint,
+    train_one_epoch,
+    validate,
+)
 
 # Columns the loop takes from the training shard; pair_id is kept so the order is observable.
 TRAIN_COLUMNS = ["pair_id", "t0", "t1", "mask"]

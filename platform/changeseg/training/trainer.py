@@ -19,8 +19,8 @@ from changeseg.data.pipeline import count_change_pixels, pair_dataset, plan_data
 from changeseg.models import create_model
 from changeseg.models.weights import read_metadata
 from changeseg.runtime import init_ray
-from changeseg.training.losses import class_weights_for
 from changeseg.training.loop import TRAIN_COLUMNS, train_loop_per_worker
+from changeseg.training.losses import class_weights_for
 
 log = logging.getLogger(__name__)
 

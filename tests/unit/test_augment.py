@@ -120,7 +120,7 @@ def test_dataset_recipes_load_with_the_papers_optimisation(name):
 
     from changeseg.config import load_config
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "jobs" / "configs" / f"{name}.yaml")
+    cfg = load_config(Path(__file__).resolve().parents[2] / "jobs" / "configs" / f"{name}.yaml")
     assert cfg.train.lr == 1e-4 and cfg.train.epochs == 100
     assert cfg.train.batch_size * cfg.train.num_workers == 16
     from changeseg.models import resolve_model_args
@@ -135,8 +135,9 @@ def test_dataset_recipes_load_with_the_papers_optimisation(name):
 
 
 def test_resize_when_read(tmp_path):
-    from changeseg.data.decode import load_pair
     from helpers import write_pair_folder
+
+    from changeseg.data.decode import load_pair
 
     arrays = write_pair_folder(tmp_path, ["a"], size=(8, 12))
     row = {"pair_id": "a", "t0": str(tmp_path / "t0" / "a.png"), "t1": str(tmp_path / "t1" / "a.png"),

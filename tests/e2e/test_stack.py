@@ -20,14 +20,14 @@ import boto3
 import numpy as np
 import pytest
 import requests
+from helpers import free_port, write_pair_folder
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from changeseg.serving.local import load_deploy_config
-from helpers import free_port, write_pair_folder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 STACK = ROOT / "infra" / "local" / "stack.py"
 pytestmark = pytest.mark.slow

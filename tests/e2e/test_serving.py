@@ -18,6 +18,7 @@ import pytest
 import requests
 import torch
 import yaml
+from helpers import free_port
 from PIL import Image
 
 from changeseg import tracking
@@ -28,9 +29,8 @@ from changeseg.models import create_model
 from changeseg.models.weights import save_checkpoint
 from changeseg.serving.catalog import ModelCatalog
 from changeseg.serving.inputs import RequestError, match_sizes
-from helpers import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = {"backbone": "resnet18", "msf_width": 16, "msf_scales": 1, "head": "fcn"}
 TTL_S = 0.5
 

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from helpers import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _listening(port: int) -> bool:

@@ -2,12 +2,12 @@ import io
 
 import numpy as np
 import pytest
+from helpers import write_pair_folder
 from PIL import Image
 
 from changeseg.data.decode import decode_image, decode_mask, encode_png, load_pair
 from changeseg.data.records import scan_folder, split_records
 from changeseg.data.transforms import augment_pair, random_crop, random_flip
-from helpers import write_pair_folder
 
 
 def _png(array, mode=None):

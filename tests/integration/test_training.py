@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import write_pair_folder
 from mlflow import MlflowClient
 
 from changeseg.cli import finetune_main
@@ -17,9 +18,8 @@ from changeseg.data.pipeline import count_change_pixels, pair_dataset, plan_data
 from changeseg.data.records import scan_folder
 from changeseg.training.engine import cosine_with_warmup
 from changeseg.training.trainer import check_feasible, finetune
-from helpers import write_pair_folder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_MODEL = {"msf_width": 16, "msf_scales": 2}
 
 

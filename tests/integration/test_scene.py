@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import tracemalloc
 
+import geo_scenes as g
 import numpy as np
 import pytest
 import torch
 
-import geo_scenes as g
 from changeseg.inference.scene import SceneOptions, score_scene
 
 RASTER = {"bands": (1, 2, 3, 4), "scaling": "range", "value_range": (0, 10000), "percentiles": (2, 98), "align": "reproject"}
@@ -114,7 +114,8 @@ def test_peak_memory_does_not_grow_with_the_scene(tmp_path):
 def test_batch_stages_give_scene_rows_and_error_rows(tmp_path, predictor):
     from changeseg.config import build_config
     from changeseg.data.pipeline import load_options
-    from changeseg.inference.score_actor import Decode as _Decode, Scorer as _Scorer
+    from changeseg.inference.score_actor import Decode as _Decode
+    from changeseg.inference.score_actor import Scorer as _Scorer
     from changeseg.inference.score_results import RESULT_SCHEMA
 
     cfg = build_config({"data": {"bands": [1, 2, 3, 4], "scaling": "range", "value_range": [0, 10000], "align": "reject"}})

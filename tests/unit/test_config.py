@@ -4,7 +4,7 @@ import pytest
 
 from changeseg.config import Config, ConfigError, apply_overrides, build_config, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_follow_the_paper_recipe():

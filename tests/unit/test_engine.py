@@ -12,7 +12,6 @@ import torch
 import torch.multiprocessing as mp
 
 from changeseg.config import build_config
-from changeseg.models import create_model
 from changeseg.training.engine import (
     build_engine,
     restore_checkpoint,
@@ -23,7 +22,7 @@ from changeseg.training.engine import (
 from changeseg.training.losses import ChangeLoss
 
 TINY = {"backbone": "resnet18", "msf_width": 16, "msf_scales": 2, "head": "fcn"}
-PACKAGE = Path(__file__).resolve().parents[1] / "platform" / "changeseg"
+PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "changeseg"
 
 
 def _cfg(**train):

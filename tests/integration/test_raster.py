@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import geo_scenes as g
 import numpy as np
 import pytest
 import torch
 
-import geo_scenes as g
 from changeseg.data.decode import load_pair
 from changeseg.data.raster import RasterOptions
 
@@ -142,9 +142,7 @@ def test_four_band_model_keeps_rgb_filters_and_exports(tmp_path):
     with pytest.raises(ValueError, match=r"\(N, 4, H, W\)"):
         model(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64))
     pytest.importorskip("onnxruntime")
-    from changeseg.export import export_onnx
-
-    from changeseg.export import check_onnx_parity
+    from changeseg.export import check_onnx_parity, export_onnx
 
     assert check_onnx_parity(again, export_onnx(again, tmp_path / "m.onnx", height=64, width=64)) < 1e-3
 

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import write_pair_folder
 
 from changeseg import storage
 from changeseg.cli import prepare_main
@@ -17,7 +18,6 @@ from changeseg.data.pipeline import pair_dataset, plan_datasets, records_to_rows
 from changeseg.data.prepare import prepare_dataset
 from changeseg.data.records import PairRecord
 from changeseg.data.shards import pack_shards, read_shard_records
-from helpers import write_pair_folder
 
 
 def _spoil(root):

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA
+from helpers import write_pair_folder
 from PIL import Image
 
 from changeseg.cli import main as cli_main
@@ -26,8 +28,6 @@ from changeseg.evaluation.report import (
 )
 from changeseg.models import create_model
 from changeseg.models.weights import save_checkpoint
-from conftest import SHARED_DATA
-from helpers import write_pair_folder
 
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared/data not present")
 

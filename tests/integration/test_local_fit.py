@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import write_pair_folder
 from torch import nn
 
 from changeseg.config import build_config, load_config
 from changeseg.data.records import scan_folder
 from changeseg.models import create_model, resolve_model_args
-from changeseg.training.local import fit_local
 from changeseg.training.engine import build_optimizer, set_train_mode
-from helpers import write_pair_folder
+from changeseg.training.local import fit_local
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = {"backbone": "resnet18", "msf_width": 16, "msf_scales": 2}
 
 

@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 KUBERAY = INFRA / "kuberay"
 K8S_VERSION = "1.30"  # the oldest Kubernetes the manifests target

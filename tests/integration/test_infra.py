@@ -17,7 +17,7 @@ import yaml
 
 from changeseg.config import build_config, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 KUBERAY = INFRA / "kuberay"
 

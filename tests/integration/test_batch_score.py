@@ -14,16 +14,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import write_pair_folder
 from PIL import Image
 
 from changeseg.config import build_config
-from changeseg.inference.score import batch_score
 from changeseg.inference.predictor import Predictor
+from changeseg.inference.score import batch_score
 from changeseg.models import create_model
 from changeseg.models.weights import save_checkpoint
-from helpers import write_pair_folder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _checkpoint(tmp_path: Path) -> Path:
