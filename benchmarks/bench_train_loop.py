@@ -88,12 +88,16 @@ def main() -> None:
         one = _cfg(tmp, args, workers=1, cpus=2, name="one-worker")
         two = _cfg(tmp, args, workers=2, cpus=1, name="two-workers")
         plan = plan_datasets(one)
-        bare = bare_loop(one, records_to_rows(plan.train), args.epochs)
+        rows = records_to_rows(plan.train)
+        bare_before = bare_loop(one, rows, args.epochs)
         one_rate, one_wall = ray_run(one)
         two_rate, two_wall = ray_run(two)
+        # Measured again after the Ray runs: a busy machine shows as a spread between the two.
+        bare_after = bare_loop(one, rows, args.epochs)
+    bare = (bare_before + bare_after) / 2
     images = len(plan.train) * args.epochs
     print(f"{len(plan.train)} pairs at {args.size}x{args.size}, global batch 16, {args.epochs} epochs")
-    print(f"bare engine loop (1 process, 2 threads)  {bare:7.2f} images/s")
+    print(f"bare engine loop (1 process, 2 threads)  {bare:7.2f} images/s   (before {bare_before:.2f}, after {bare_after:.2f})")
     print(f"Ray Train, 1 worker x 2 CPUs            {one_rate:7.2f} images/s   ratio {one_rate / bare:.2f}"
           f"   whole run {one_wall:.1f} s (end-to-end ratio {images / one_wall / bare:.2f})")
     print(f"Ray Train, 2 DDP workers x 1 CPU        {two_rate:7.2f} images/s   ratio {two_rate / bare:.2f}"
