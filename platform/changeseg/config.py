@@ -233,6 +233,9 @@ class TrainSection(_Section):
     precision: Precision = "auto"
     # Channels-last memory format for model and inputs (faster convolutions on GPUs).
     channels_last: bool = False
+    # Validation pairs larger than this in either side are scored in overlapping tiles
+    # (score.tile_overlap), as batch scoring does; smaller ones whole.
+    val_tile_size: int = Field(2048, ge=64)
 
 
 class TrackingSection(_Section):

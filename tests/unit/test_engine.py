@@ -186,3 +186,24 @@ def test_ddp_ranks_agree_with_fewer_validation_pairs_than_ranks(tmp_path):
     # The step is applied on both ranks (rank 0 had labels); samples are counted over both.
     assert [r["skipped"] for r in results] == [0, 0] and [r["samples"] for r in results] == [4, 4]
     torch.testing.assert_close(results[0]["weights"], results[1]["weights"])  # DDP kept the replicas equal
+
+
+def test_validation_tiles_large_pairs_and_counts_every_pixel():
+    """A pair larger than train.val_tile_size is validated window by window; every pixel
+    is counted once, and no forward pass sees more than a tile."""
+    rng = np.random.default_rng(4)
+    engine = build_engine(_cfg(val_tile_size=64), steps_per_epoch=1, class_weights=None, device=torch.device("cpu"))
+    sizes = []
+    handle = engine.bare_model.register_forward_hook(lambda m, i, o: sizes.append(tuple(i[0].shape[-2:])))
+    pair = {k: v[0] for k, v in _batch(rng, n=1, size=150).items()}
+    metrics, loss, count = validate(engine, [pair])
+    handle.remove()
+    assert count == 1 and math.isfinite(loss)
+    assert metrics.compute()["num_pixels"] == 150 * 150
+    assert len(sizes) > 1 and max(max(s) for s in sizes) <= 64
+    # A pair within the tile size is one forward pass over the whole pair.
+    sizes.clear()
+    handle = engine.bare_model.register_forward_hook(lambda m, i, o: sizes.append(tuple(i[0].shape[-2:])))
+    validate(engine, [{k: v[0] for k, v in _batch(rng, n=1, size=48).items()}])
+    handle.remove()
+    assert sizes == [(48, 48)]

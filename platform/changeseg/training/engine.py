@@ -38,6 +38,7 @@ from torch import nn
 from changeseg.config import Config
 from changeseg.data.decode import to_model_input
 from changeseg.devices import all_reduce_sum, autocast, grad_scaler, prepare_for_device, resolve_precision
+from changeseg.inference.predictor import Predictor
 from changeseg.metrics import ChangeMetrics, all_reduce_
 from changeseg.models import create_model
 from changeseg.models.weights import WEIGHTS_FILE, save_checkpoint, unwrap
@@ -286,27 +287,26 @@ def validate(
     """Metrics, summed loss and pair count over every rank's validation pairs.
 
     Runs the bare model (a DDP forward would broadcast buffers, a collective that a
-    rank without pairs never joins) one pair at a time, since pairs may differ in size.
-    Every rank then makes the same two collectives, whether it had pairs or not.
-    ``curve`` (a :class:`changeseg.thresholds.ThresholdCurve`, on every rank or none)
-    also collects P(change) per pixel for the operating point, with one more collective.
+    rank without pairs never joins) one pair at a time, since pairs may differ in size,
+    through the inference core's windows: a pair up to ``train.val_tile_size`` a side is
+    one window (the whole pair), a larger scene is scored tile by tile as batch scoring
+    does, so memory follows the tile, not the scene. Every rank then makes the same
+    collectives, whether it had pairs or not. ``curve`` (a
+    :class:`changeseg.thresholds.ThresholdCurve`, on every rank or none) also collects
+    P(change) per pixel for the operating point, with one more collective.
     """
     cfg = engine.cfg
     metrics = ChangeMetrics(num_classes=cfg.model.resolved_num_classes(), ignore_index=cfg.data.ignore_index)
-    model = engine.bare_model.eval()
+    predictor = Predictor(
+        engine.bare_model, device=engine.device, precision=engine.precision, channels_last=cfg.train.channels_last,
+        tile_size=cfg.train.val_tile_size, tile_overlap=min(cfg.score.tile_overlap, cfg.train.val_tile_size // 4),
+        batch_size=1,
+    )
     loss_sum = torch.zeros((), dtype=torch.float64, device=engine.device)
     count = 0
     with torch.inference_mode():
         for sample in samples:
-            batch = {k: np.asarray(sample[k])[None] for k in ("t0", "t1", "mask")}
-            t0, t1, target = to_device_batch(batch, engine.device, channels_last=cfg.train.channels_last)
-            with autocast(engine.precision, engine.device):
-                logits = model(t0, t1)
-            logits = logits.float()
-            loss_sum += engine.loss_fn(logits, target).double()
-            metrics.update(logits.argmax(1), target)
-            if curve is not None:  # operating point: P(any change) histogram
-                curve.update(1.0 - logits.softmax(1)[:, 0], target)
+            loss_sum += _validate_pair(engine, predictor, sample, metrics, curve)
             count += 1
     all_reduce_(metrics)
     if curve is not None:
@@ -314,6 +314,24 @@ def validate(
     totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64, device=engine.device)]))
     loss_total, count_total = totals.tolist()
     return metrics, loss_total, int(count_total)
+
+
+def _validate_pair(engine: Engine, predictor: Predictor, sample: Mapping[str, Any], metrics, curve) -> torch.Tensor:
+    """One pair's loss (windows weighted by their labelled pixels); updates metrics and curve."""
+    t0, t1 = np.asarray(sample["t0"])[None], np.asarray(sample["t1"])[None]
+    mask = torch.as_tensor(np.ascontiguousarray(sample["mask"])).to(engine.device)
+    loss = torch.zeros((), dtype=torch.float64, device=engine.device)
+    labelled = 0
+    for window, proba in predictor.iter_windows(t0, t1):
+        target = mask[window.y0 : window.y1, window.x0 : window.x1][None].long()
+        valid = int((target != engine.loss_fn.ignore_index).sum())
+        # Cross entropy of log-probabilities equals that of the logits (softmax(log p) = p).
+        loss += engine.loss_fn(proba.clamp_min(1e-12).log(), target).double() * max(valid, 1)
+        labelled += max(valid, 1)
+        metrics.update(proba.argmax(1), target)
+        if curve is not None:  # operating point: P(any change) histogram
+            curve.update(1.0 - proba[:, 0], target)
+    return loss / max(labelled, 1)
 
 
 def save_training_checkpoint(
