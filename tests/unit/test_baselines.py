@@ -162,8 +162,7 @@ def test_checkpoint_files_round_trip(name, tmp_path):
 def test_load_checkpoint_rebuilds_registered_baseline(tmp_path):
     from changeseg.models import list_models
 
-    if "fc_siam_diff" not in list_models():
-        pytest.skip("baselines are not registered in create_model")
+    assert {"fc_ef", "fc_siam_conc", "fc_siam_diff"} <= set(list_models())
     model = FCSiamDiff().eval()
     save_checkpoint(tmp_path, model)
     loaded, _ = load_checkpoint(tmp_path)

@@ -5,8 +5,6 @@ import pytest
 
 from changeseg.inference.regions import label_components, summarize_mask
 
-BACKENDS = [pytest.param(False, id="numpy"), pytest.param(True, id="scipy")]
-
 # Two blobs that touch only at a corner (one region with 8 neighbours, two with 4),
 # a U shape whose arms join below (one region however the rows are scanned), and a
 # pixel of class 2 beside the U.
@@ -23,9 +21,8 @@ MASK = np.array(
 )
 
 
-@pytest.mark.parametrize("use_scipy", BACKENDS)
-def test_summary_of_a_hand_counted_mask(use_scipy):
-    summary = summarize_mask(MASK, use_scipy=use_scipy)
+def test_summary_of_a_hand_counted_mask():
+    summary = summarize_mask(MASK)
     assert summary["height"] == 6 and summary["width"] == 8
     # 6 (blobs) + 7 (U) + 1 (class 2) changed pixels; the two ignore pixels are not counted.
     assert summary["changed_pixels"] == 14
@@ -38,9 +35,8 @@ def test_summary_of_a_hand_counted_mask(use_scipy):
     ]
 
 
-@pytest.mark.parametrize("use_scipy", BACKENDS)
-def test_four_connectivity_splits_diagonal_neighbours(use_scipy):
-    summary = summarize_mask(MASK, connectivity=4, use_scipy=use_scipy)
+def test_four_connectivity_splits_diagonal_neighbours():
+    summary = summarize_mask(MASK, connectivity=4)
     assert [(r["class"], r["bbox"], r["area"]) for r in summary["regions"]] == [
         (1, [4, 1, 7, 4], 7),
         (1, [0, 0, 2, 2], 4),
@@ -49,32 +45,19 @@ def test_four_connectivity_splits_diagonal_neighbours(use_scipy):
     ]
 
 
-@pytest.mark.parametrize("use_scipy", BACKENDS)
-def test_min_area_and_max_regions_cut_the_list_not_the_fraction(use_scipy):
-    summary = summarize_mask(MASK, min_area=2, max_regions=1, use_scipy=use_scipy)
+def test_min_area_and_max_regions_cut_the_list_not_the_fraction():
+    summary = summarize_mask(MASK, min_area=2, max_regions=1)
     assert summary["changed_pixels"] == 14
     assert summary["regions_total"] == 2
     assert summary["regions"] == [{"class": 1, "bbox": [4, 1, 7, 4], "area": 7}]
 
 
-@pytest.mark.parametrize("use_scipy", BACKENDS)
-def test_empty_and_full_masks(use_scipy):
-    empty = summarize_mask(np.zeros((3, 5), np.uint8), use_scipy=use_scipy)
+def test_empty_and_full_masks():
+    empty = summarize_mask(np.zeros((3, 5), np.uint8))
     assert empty["changed_fraction"] == 0.0 and empty["regions"] == [] and empty["regions_total"] == 0
-    full = summarize_mask(np.ones((3, 5), np.uint8), use_scipy=use_scipy)
+    full = summarize_mask(np.ones((3, 5), np.uint8))
     assert full["changed_fraction"] == 1.0
     assert full["regions"] == [{"class": 1, "bbox": [0, 0, 5, 3], "area": 15}]
-
-
-@pytest.mark.parametrize("connectivity", [4, 8])
-def test_numpy_labelling_matches_scipy_on_random_masks(connectivity):
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        binary = rng.random((23, 31)) < 0.45
-        ours, n_ours = label_components(binary, connectivity=connectivity, use_scipy=False)
-        ref, n_ref = label_components(binary, connectivity=connectivity, use_scipy=True)
-        assert n_ours == n_ref
-        np.testing.assert_array_equal(ours, ref)
 
 
 def test_bad_shapes_are_refused():

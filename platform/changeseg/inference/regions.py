@@ -2,9 +2,8 @@
 
 The serving API and batch scoring report the same summary: the changed fraction and
 one entry per connected region (class, bounding box, area). Regions are found per
-class, so two touching regions of different change classes stay apart. scipy's
-``ndimage.label`` does the labelling when scipy is installed; a union-find over runs
-of pixels in numpy gives identical regions otherwise.
+class, so two touching regions of different change classes stay apart; scipy's
+``ndimage.label`` does the labelling.
 """
 
 from __future__ import annotations
@@ -12,73 +11,23 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-try:
-    from scipy import ndimage as _ndimage
-except ImportError:  # scipy is optional
-    _ndimage = None
+from scipy import ndimage
 
 
-def label_components(binary: np.ndarray, *, connectivity: int = 8, use_scipy: bool | None = None) -> tuple[np.ndarray, int]:
+def label_components(binary: np.ndarray, *, connectivity: int = 8) -> tuple[np.ndarray, int]:
     """Label the connected ``True`` pixels of a 2-D array: (labels int32, count).
 
-    Labels run 1..count in raster order of each region's first pixel (row by row), the
-    order scipy also uses; 0 is background. ``connectivity``: 4 or 8 neighbours.
+    Labels run 1..count in raster order of each region's first pixel (row by row);
+    0 is background. ``connectivity``: 4 or 8 neighbours.
     """
     binary = np.asarray(binary, dtype=bool)
     if binary.ndim != 2:
         raise ValueError(f"expected a 2-D mask, got shape {binary.shape}")
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
-    if use_scipy is None:
-        use_scipy = _ndimage is not None
-    if use_scipy:
-        if _ndimage is None:
-            raise ImportError("scipy is not installed")
-        structure = np.ones((3, 3), bool) if connectivity == 8 else None
-        labels, count = _ndimage.label(binary, structure=structure)
-        return labels.astype(np.int32, copy=False), int(count)
-    return _label_runs(binary, connectivity)
-
-
-def _label_runs(binary: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
-    """Union-find over horizontal runs: each run joins the overlapping runs of the row above."""
-    height, width = binary.shape
-    labels = np.zeros((height, width), dtype=np.int32)
-    parent = [0]  # parent[i] of run i; index 0 unused
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    reach = 1 if connectivity == 8 else 0  # diagonal neighbours extend a run's overlap
-    previous: list[tuple[int, int, int]] = []  # (start, stop, run id) of the row above
-    for y in range(height):
-        row = binary[y].astype(np.int8)
-        edges = np.flatnonzero(np.diff(np.concatenate(([0], row, [0]))))
-        current = []
-        for start, stop in zip(edges[::2].tolist(), edges[1::2].tolist()):
-            run = len(parent)
-            parent.append(run)
-            for p_start, p_stop, p_run in previous:
-                if p_start < stop + reach and start < p_stop + reach:
-                    a, b = find(run), find(p_run)
-                    if a != b:
-                        parent[max(a, b)] = min(a, b)
-            labels[y, start:stop] = run
-            current.append((start, stop, run))
-        previous = current
-    if len(parent) == 1:
-        return labels, 0
-    # Roots are the smallest run id of their region, so numbering roots in increasing
-    # order gives raster order of each region's first pixel.
-    roots = np.array([find(i) for i in range(len(parent))], dtype=np.int64)
-    unique_roots = np.unique(roots[1:])
-    final = np.zeros(len(parent), dtype=np.int32)
-    final[1:] = np.searchsorted(unique_roots, roots[1:]) + 1
-    return final[labels], int(len(unique_roots))
+    structure = np.ones((3, 3), bool) if connectivity == 8 else None
+    labels, count = ndimage.label(binary, structure=structure)
+    return labels.astype(np.int32, copy=False), int(count)
 
 
 def summarize_mask(
@@ -89,7 +38,6 @@ def summarize_mask(
     connectivity: int = 8,
     min_area: int = 1,
     max_regions: int = 1000,
-    use_scipy: bool | None = None,
 ) -> dict[str, Any]:
     """Changed fraction and connected regions of a class-index mask (H, W).
 
@@ -108,7 +56,7 @@ def summarize_mask(
     changed_pixels = int(changed.sum())
     regions: list[dict[str, Any]] = []
     for cls in np.unique(mask[changed]).tolist():
-        labels, count = label_components(mask == cls, connectivity=connectivity, use_scipy=use_scipy)
+        labels, count = label_components(mask == cls, connectivity=connectivity)
         if count == 0:
             continue
         areas = np.bincount(labels.ravel(), minlength=count + 1)
