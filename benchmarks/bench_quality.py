@@ -87,19 +87,6 @@ def recipe(*, train_pairs: int, samples_per_epoch: int, quick: bool, overrides: 
     return load_config(RECIPE, overrides + extra)
 
 
-def pooled(rows: list[dict], name: str) -> dict[str, float]:
-    tp, fp, fn = (sum(r["methods"][name][k] for r in rows) for k in ("tp", "fp", "fn"))
-    f1s = [r["methods"][name]["f1"] for r in rows]
-    return {
-        "global_precision": tp / (tp + fp) if tp + fp else 0.0,
-        "global_recall": tp / (tp + fn) if tp + fn else 0.0,
-        "global_f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
-        "global_iou": tp / (tp + fp + fn) if tp + fp + fn else 0.0,
-        "per_image_f1_mean": sum(f1s) / len(f1s) if f1s else 0.0,
-        "swap_agreement_mean": sum(r["methods"][name]["swap"]["agreement"] for r in rows) / max(1, len(rows)),
-    }
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="bench_quality", help="folder for the reports and results.json")
@@ -118,6 +105,7 @@ def main() -> int:
         return 2
 
     from changeseg.evaluation.report import cva_method, evaluate_pairs, model_method, write_report
+    from changeseg.evaluation.scoring import pooled
     from changeseg.inference.predictor import Predictor
     from changeseg.models.weights import save_checkpoint
     from changeseg.training.local import fit_local
@@ -129,6 +117,7 @@ def main() -> int:
     results: dict[str, dict] = {}
     for set_name in args.sets.split(","):
         rows: list[dict] = []
+        fold_results = []
         timings = {"eval_s": 0.0}
         curves: dict[str, list] = {}
         for fold, train, test in splits(set_name, dsifn_folds=args.dsifn_folds):
@@ -160,10 +149,11 @@ def main() -> int:
             write_report(result, out / fold, title=f"{fold}: pairs not trained on")
             timings["eval_s"] += time.perf_counter() - tick
             rows += result.pairs
+            fold_results.append(result)
             for m in result.methods:
                 if "curve" in m:
                     curves.setdefault(m["name"], []).append(m["curve"])
-        scores = {name: pooled(rows, name) for name in [*fits, "cva_otsu"]}
+        scores = {name: pooled(fold_results, name) for name in [*fits, "cva_otsu"]}
         for name, found in curves.items():
             # One fold per set except DSIFN with --dsifn-folds 2 (then the first fold's numbers).
             scores[name].update({k: found[0][k] for k in ("threshold", "average_precision", "f1_at_0.5", "optimistic_best_f1")})
