@@ -65,8 +65,9 @@ def bare_loop(cfg, rows, epochs: int) -> float:
     return float(np.mean(rates[1:]))
 
 
-def ray_run(cfg) -> tuple[float, float]:
-    """(steady images/s from the workers' reports, wall seconds of the whole run)."""
+def ray_run(cfg) -> tuple[float, float, float]:
+    """(steady images/s from the workers' reports, wall seconds of the whole run, share of
+    the epoch rank 0 waited for batches)."""
     from mlflow import MlflowClient
 
     from changeseg.training.trainer import finetune
@@ -74,8 +75,11 @@ def ray_run(cfg) -> tuple[float, float]:
     started = time.perf_counter()
     result = finetune(cfg)
     wall = time.perf_counter() - started
-    history = MlflowClient(cfg.tracking.tracking_uri).get_metric_history(result.mlflow_run_id, "train_images_per_s")
-    return float(np.mean([m.value for m in history if m.step >= 1])), wall
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    history = client.get_metric_history(result.mlflow_run_id, "train_images_per_s")
+    waits = client.get_metric_history(result.mlflow_run_id, "data_wait_fraction")
+    return (float(np.mean([m.value for m in history if m.step >= 1])), wall,
+            float(np.mean([m.value for m in waits if m.step >= 1])))
 
 
 def main() -> None:
@@ -90,8 +94,8 @@ def main() -> None:
         plan = plan_datasets(one)
         rows = records_to_rows(plan.train)
         bare_before = bare_loop(one, rows, args.epochs)
-        one_rate, one_wall = ray_run(one)
-        two_rate, two_wall = ray_run(two)
+        one_rate, one_wall, one_wait = ray_run(one)
+        two_rate, two_wall, two_wait = ray_run(two)
         # Measured again after the Ray runs: a busy machine shows as a spread between the two.
         bare_after = bare_loop(one, rows, args.epochs)
     bare = (bare_before + bare_after) / 2
@@ -99,9 +103,11 @@ def main() -> None:
     print(f"{len(plan.train)} pairs at {args.size}x{args.size}, global batch 16, {args.epochs} epochs")
     print(f"bare engine loop (1 process, 2 threads)  {bare:7.2f} images/s   (before {bare_before:.2f}, after {bare_after:.2f})")
     print(f"Ray Train, 1 worker x 2 CPUs            {one_rate:7.2f} images/s   ratio {one_rate / bare:.2f}"
-          f"   whole run {one_wall:.1f} s (end-to-end ratio {images / one_wall / bare:.2f})")
+          f"   whole run {one_wall:.1f} s (end-to-end ratio {images / one_wall / bare:.2f}), "
+          f"waiting for data {one_wait:.0%} of the epoch")
     print(f"Ray Train, 2 DDP workers x 1 CPU        {two_rate:7.2f} images/s   ratio {two_rate / bare:.2f}"
-          f"   whole run {two_wall:.1f} s (end-to-end ratio {images / two_wall / bare:.2f})")
+          f"   whole run {two_wall:.1f} s (end-to-end ratio {images / two_wall / bare:.2f}), "
+          f"waiting for data {two_wait:.0%} of the epoch")
 
 
 if __name__ == "__main__":

@@ -237,6 +237,7 @@ class EpochStats:
     steps: int
     skipped_steps: int
     seconds: float
+    data_seconds: float = 0.0  # of ``seconds``, waiting for batches (this rank)
 
     @property
     def images_per_s(self) -> float:
@@ -255,8 +256,13 @@ def train_one_epoch(
     started = time.perf_counter()
     loss_sum = torch.zeros((), dtype=torch.float64, device=engine.device)
     samples = steps = skipped = 0
-    for batch in batches:
-        if steps >= engine.steps_per_epoch:
+    waited = 0.0  # time spent waiting for the next batch: the data path's share of the epoch
+    iterator = iter(batches)
+    while steps < engine.steps_per_epoch:
+        asked = time.perf_counter()
+        batch = next(iterator, None)
+        waited += time.perf_counter() - asked
+        if batch is None:
             break
         t0, t1, target = to_device_batch(batch, engine.device, channels_last=engine.cfg.train.channels_last)
         loss, applied = _step(engine, t0, t1, target)
@@ -278,6 +284,7 @@ def train_one_epoch(
         steps=steps,
         skipped_steps=int(skipped_total),
         seconds=seconds,
+        data_seconds=waited,
     )
 
 

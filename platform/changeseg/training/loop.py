@@ -100,6 +100,8 @@ def train_loop_per_worker(params: dict[str, Any]) -> None:
             "train_images_per_s": stats.images_per_s,
             "skipped_steps": stats.skipped_steps,
             "epoch_seconds": stats.seconds,
+            # Share of the epoch rank 0 spent waiting for Ray Data's next batch.
+            "data_wait_fraction": stats.data_seconds / max(stats.seconds, 1e-9),
         }
         metrics.update({f"val_{k}": float(v) for k, v in val_metrics.compute().items()})
         metrics.update(operating_point_metrics(point))
