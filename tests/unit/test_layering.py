@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "changeseg"
 
 # Lowest first; a unit may import only units of lower layers.
 LAYERS: list[set[str]] = [
-    {"models.presets", "devices"},
+    {"models.presets", "devices", "progress"},
     {"config", "metrics", "thresholds"},
     {"storage", "runtime"},
     {"data", "models"},

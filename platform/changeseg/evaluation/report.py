@@ -37,6 +37,7 @@ from changeseg.evaluation.scoring import (
     predict_pair,
     swap_consistency,
 )
+from changeseg.progress import Progress
 
 __all__ = ["Method", "EvaluationResult", "model_method", "cva_method", "pair_counts", "swap_consistency",
            "branch_symmetry", "evaluate_pairs", "write_report", "evaluate"]
@@ -80,7 +81,7 @@ def evaluate_pairs(
     scores = [MethodScore(m, num_classes=num_classes, ignore_index=ignore_index, change_class=change_class) for m in methods]
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
-    started = last = time.perf_counter()
+    clock = Progress(progress_seconds)
     for index, record in enumerate(records):
         row_in = record.to_row() if hasattr(record, "to_row") else dict(record)
         pid = row_in["pair_id"]
@@ -101,14 +102,11 @@ def evaluate_pairs(
         if len(rows) < max_panels:
             _illustrate(row, sample, predictions, methods[0], images_dir=images_dir, branch_window=branch_window)
         rows.append(row)
-        now = time.perf_counter()
-        if progress is not None and (now - last >= progress_seconds or index == len(records) - 1):
+        if progress is not None and clock.due(final=index == len(records) - 1):
             done = index + 1
-            eta = (now - started) / done * (len(records) - done)
-            progress(f"evaluated {done}/{len(records)} pairs, {now - started:.0f} s, about {eta:.0f} s left")
-            last = now
+            progress(f"evaluated {done}/{len(records)} pairs, {clock.elapsed:.0f} s, about {clock.eta(done, len(records)):.0f} s left")
     return _result(scores, rows, skipped, num_classes=num_classes, change_class=change_class,
-                   swap_class_map=swap_class_map, started=started)
+                   swap_class_map=swap_class_map, started=clock.started)
 
 
 def _score_pair(pid: str, sample: dict[str, np.ndarray], scores: Sequence[MethodScore], *, change_class: int,

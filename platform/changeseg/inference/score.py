@@ -37,6 +37,7 @@ from changeseg.inference.score_results import (
     result_totals,
 )
 from changeseg.models.location import META_FILE, WEIGHTS_FILE, resolve_model_dir
+from changeseg.progress import Progress
 from changeseg.runtime import init_ray
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ def _run_pipeline(cfg: Config, todo: list, checkpoint: dict, info: dict, output_
         batch_format="numpy",
         zero_copy_batch=True,
     )
-    last_report = time.perf_counter()
+    clock = Progress(score.progress_seconds, started=started)
     scored = errors = 0
     stamps: list[float] = []
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -194,12 +195,10 @@ def _run_pipeline(cfg: Config, todo: list, checkpoint: dict, info: dict, output_
             if row["status"] != "ok":
                 errors += 1
                 error_examples.append([row["pair_id"], row["error"]])
-        now = time.perf_counter()
-        if now - last_report >= score.progress_seconds or scored == len(todo):
-            rate = scored / max(now - started, 1e-9)
-            eta = (len(todo) - scored) / rate if rate > 0 else float("inf")
+        if clock.due(final=scored == len(todo)):
+            rate = scored / max(clock.elapsed, 1e-9)
+            eta = clock.eta(scored, len(todo))
             print(f"[score] {scored}/{len(todo)} pairs, {rate:.2f} pairs/s, eta {eta:.0f} s, errors {errors}", flush=True)
-            last_report = now
     del weights_ref  # the job is over; the object store may free the weights
     stamps.sort()
     first_batch = stamps.count(stamps[0]) if stamps else 0

@@ -196,7 +196,8 @@ def create_model(
     return model
 
 
-# What ``model.config`` may hold: the architecture, never where weights come from.
+# What ``model.config`` (and a checkpoint's model.json) may hold: the architecture, nothing
+# that makes loading read other files or URIs (weights, weights_file, storage_options).
 ARCHITECTURE_KEYS = ("name", "backbone", "mtf", "msf_scales", "head", "num_classes", "msf_width", "head_channels",
                      "in_channels", "rgb_channels", "channel_mean", "channel_std")
 

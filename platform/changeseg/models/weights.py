@@ -16,17 +16,11 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from changeseg.models.factory import create_model
+from changeseg.models.factory import ARCHITECTURE_KEYS, create_model
 from changeseg.models.location import META_FILE, WEIGHTS_FILE, find_checkpoint_dir
 
 __all__ = ["META_FILE", "WEIGHTS_FILE", "find_checkpoint_dir", "load_checkpoint", "model_from_checkpoint",
            "read_metadata", "save_checkpoint", "unwrap"]
-
-# What a checkpoint's model.json may pass to create_model: the architecture, nothing that
-# makes loading read other files or URIs (weights, weights_file, storage_options).
-ARCHITECTURE_KEYS = frozenset({"name", "backbone", "mtf", "msf_scales", "head", "num_classes", "msf_width", "head_channels",
-                               "in_channels", "rgb_channels", "channel_mean", "channel_std"})
-
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model inside DDP / DataParallel wrappers."""

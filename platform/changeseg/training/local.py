@@ -25,6 +25,7 @@ from changeseg.data.pipeline import augment_options, load_options
 from changeseg.data.records import PairRecord
 from changeseg.data.transforms import augment_pair
 from changeseg.devices import resolve_device
+from changeseg.progress import Progress
 from changeseg.training.calibration import curve_for, operating_point_for
 from changeseg.training.engine import build_engine, train_one_epoch, validate
 from changeseg.training.losses import class_weights_for, count_mask_pixels
@@ -93,18 +94,16 @@ def fit_local(
     )
     total = steps_per_epoch * cfg.train.epochs
     augment = augment_options(cfg)
-    started = last = time.perf_counter()
+    clock = Progress(progress_seconds)
+    started = clock.started
     losses: list[float] = []
     done = skipped = 0
 
     def report(step: int, loss: float) -> None:
-        nonlocal last
-        now = time.perf_counter()
-        if progress is not None and now - last >= progress_seconds:
+        if progress is not None and clock.due():
             overall = done + step
-            eta = (now - started) / overall * (total - overall)
-            progress(f"step {overall}/{total} (epoch {epoch + 1}), loss {loss:.4f}, {now - started:.0f} s, about {eta:.0f} s left")
-            last = now
+            eta = clock.eta(overall, total)
+            progress(f"step {overall}/{total} (epoch {epoch + 1}), loss {loss:.4f}, {clock.elapsed:.0f} s, about {eta:.0f} s left")
 
     for epoch in range(cfg.train.epochs):
         order = rng.permutation(np.repeat(np.arange(len(samples)), cfg.data.repeat))
