@@ -53,9 +53,10 @@ CHECKOUT_IMPORT_PATH = "serve.app:app"
 LIBRARY_IMPORT_PATH = "changeseg.serving:build_app"
 
 
-def deploy(config: dict[str, Any], *, timeout_s: float = 120.0, wait: bool = True) -> str:
+def deploy(config: dict[str, Any], *, timeout_s: float = 120.0, wait: bool = True, log_level: str = "INFO") -> str:
     """Start Serve with the file's HTTP options (if not running) and apply the file;
-    with ``wait``, block until the application runs. Returns the base URL."""
+    with ``wait``, block until the application runs. Returns the base URL. ``log_level``:
+    Serve's own console logging (controller, proxy, replicas' access lines)."""
     from ray.serve._private.api import serve_start
     from ray.serve.schema import ServeDeploySchema
 
@@ -64,7 +65,11 @@ def deploy(config: dict[str, Any], *, timeout_s: float = 120.0, wait: bool = Tru
         if app.get("import_path") == CHECKOUT_IMPORT_PATH:
             app["import_path"] = LIBRARY_IMPORT_PATH
     schema = ServeDeploySchema.model_validate(config)
-    client = serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
+    client = serve_start(
+        http_options=schema.http_options.model_dump(),
+        proxy_location=schema.proxy_location,
+        global_logging_config={"log_level": log_level},
+    )
     client.deploy_apps(schema)
     if wait:
         wait_running({app.name for app in schema.applications}, timeout_s=timeout_s)
@@ -135,7 +140,9 @@ def serve_one_request(cfg, *, t0, t1, tracking_uri: str | None = None, config_pa
     }
     init_ray(cfg)
     try:
-        url = deploy(load_deploy_config(config_path, port=port, args={"tracking": tracking}), timeout_s=timeout_s)
+        # One request for the demo: Serve's controller and access lines would bury the answer.
+        url = deploy(load_deploy_config(config_path, port=port, args={"tracking": tracking}), timeout_s=timeout_s,
+                     log_level="WARNING")
         requests.get(f"{url}/readyz", timeout=timeout_s).raise_for_status()  # loads the model
         body = {"t0": {"data": base64.b64encode(encode_png(t0)).decode()}, "t1": {"data": base64.b64encode(encode_png(t1)).decode()}}
         start = time.perf_counter()
