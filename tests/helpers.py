@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from PIL import Image
@@ -27,3 +29,9 @@ def write_pair_folder(root: Path, ids: list[str], *, size=(32, 40), seed: int = 
     return out
 
 
+def load_module(path: Path) -> ModuleType:
+    """A script that is not part of the package (infra/, benchmarks/) imported by path."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

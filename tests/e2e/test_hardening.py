@@ -5,7 +5,6 @@ validated against Kubernetes' own schemas (kubernetes-validate bundles them)."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 from pathlib import Path
@@ -13,21 +12,14 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from helpers import load_module
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 KUBERAY = INFRA / "kuberay"
 K8S_VERSION = "1.30"  # the oldest Kubernetes the manifests target
 
-
-def _module(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-render = _module(KUBERAY / "render.py")
+render = load_module(KUBERAY / "render.py")
 
 
 def _rendered() -> dict[str, dict]:
@@ -246,7 +238,7 @@ def test_mlflow_needs_a_login_and_minio_a_scoped_user():
     assert mlflow_env["AWS_ACCESS_KEY_ID"] == "${MLFLOW_S3_ACCESS_KEY}"
     policy = (INFRA / "mlflow" / "minio-policy.json").read_text()
     assert '"arn:aws:s3:::changeseg/mlflow-artifacts/*"' in policy and '"s3:*"' not in policy
-    users = _module(INFRA / "mlflow" / "users.py")
+    users = load_module(INFRA / "mlflow" / "users.py")
     assert (users.TRAIN_USER, users.SERVE_USER) == ("changeseg-train", "changeseg-serve")
 
 

@@ -7,7 +7,6 @@ reads, and a client without credentials cannot move an alias."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import os
@@ -20,7 +19,7 @@ import boto3
 import numpy as np
 import pytest
 import requests
-from helpers import free_port, write_pair_folder
+from helpers import free_port, load_module, write_pair_folder
 from mlflow import MlflowClient
 from PIL import Image
 
@@ -32,14 +31,9 @@ STACK = ROOT / "infra" / "local" / "stack.py"
 pytestmark = pytest.mark.slow
 
 
-def _load(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-stack_module = _load(STACK)
+stack_module = load_module(STACK)
 
 
 @pytest.fixture(scope="module")

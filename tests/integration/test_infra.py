@@ -6,7 +6,6 @@ project's and Ray's own schemas, and the generated manifests equal their sources
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import ray
 import yaml
+from helpers import load_module
 
 from changeseg.config import build_config, load_config
 
@@ -22,14 +22,9 @@ INFRA = ROOT / "infra"
 KUBERAY = INFRA / "kuberay"
 
 
-def _module(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-render = _module(KUBERAY / "render.py")
+render = load_module(KUBERAY / "render.py")
 
 
 def _manifests() -> dict[str, dict]:

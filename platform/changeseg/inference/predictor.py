@@ -136,13 +136,8 @@ class Predictor:
     @staticmethod
     def to_tensor(images: np.ndarray) -> torch.Tensor:
         """(H, W, 3) or (N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1]."""
-        arr = np.asarray(images)
-        if arr.ndim == 3:
-            arr = arr[None]
-        if arr.ndim != 4 or arr.shape[-1] != 3:
-            raise ValueError(f"expected RGB images shaped (H, W, 3) or (N, H, W, 3), got {arr.shape}")
         # Decoded images may be read-only views; torch wants writable memory.
-        return to_model_input(torch.from_numpy(np.require(arr, requirements=["C", "W"])))
+        return to_model_input(torch.from_numpy(np.require(_batch_of(images), requirements=["C", "W"])))
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
