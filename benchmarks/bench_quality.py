@@ -45,7 +45,11 @@ VARIANTS = {
     "capped": ["train.class_weights=capped", "train.loss=ce"],
     "capped_dice": ["train.class_weights=capped", "train.loss=ce_dice"],
     "auto_dice": ["train.class_weights=auto", "train.loss=ce_dice"],
+    # The recipe, warm-started from a model pretrained on change pairs synthesised from the
+    # training pairs' own images (changeseg.data.changesynth; no test image is used).
+    "pretrained": [],
 }
+PRETRAINED = {"pretrained"}
 
 
 def splits(name: str, *, dsifn_folds: int = 1) -> list[tuple[str, list, list]]:
@@ -87,6 +91,27 @@ def recipe(*, train_pairs: int, samples_per_epoch: int, quick: bool, overrides: 
     return load_config(RECIPE, overrides + extra)
 
 
+def pretrain(cfg, train: list, folder: Path, *, pairs_per_image: int, epochs: int, progress):
+    """A model pretrained on pairs synthesised from the training pairs' t0/t1 images
+    (t1's changed objects pasted elsewhere, soft patches of t0), with the same recipe."""
+    from changeseg.data.changesynth import images_of_pairs, write_pairs
+    from changeseg.data.decode import load_pair
+    from changeseg.data.layouts import scan_dataset
+    from changeseg.data.pipeline import load_options
+    from changeseg.training.local import fit_local
+
+    samples = [load_pair(r.to_row(), **load_options(cfg)) for r in train]
+    images, objects = images_of_pairs(samples)
+    count = write_pairs(images, folder, segmentations=objects, pairs_per_image=pairs_per_image,
+                        size=cfg.data.crop_size, seed=cfg.run.seed)
+    records = scan_dataset(str(folder), layout="folder").records
+    repeat = max(1, math.ceil(cfg.data.repeat * len(train) / count))
+    pre_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"repeat": repeat}),
+                                     "train": cfg.train.model_copy(update={"epochs": epochs})})
+    progress(f"pretraining on {count} synthetic pairs from {len(images)} training images")
+    return fit_local(pre_cfg, records, progress=progress).model
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="bench_quality", help="folder for the reports and results.json")
@@ -98,6 +123,9 @@ def main() -> int:
                         help="C-3PO variants, comma-separated: " + ", ".join(VARIANTS) + " (each trains one model)")
     parser.add_argument("--no-fc-siam", action="store_true", help="leave FC-Siam-diff out (saves a training per set)")
     parser.add_argument("--seed", type=int, default=0, help="run.seed of every training")
+    parser.add_argument("--pairs-per-image", type=int, default=8, help="synthetic pairs per training image (pretrained)")
+    parser.add_argument("--pretrain-epochs", type=int, default=4, help="epochs of pretraining (pretrained)")
+    parser.add_argument("--tta", action="store_true", help="also evaluate each C-3PO with flip test-time augmentation")
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.epochs=8")
     args = parser.parse_args()
     if not SHARED.is_dir():
@@ -130,8 +158,12 @@ def main() -> int:
                 extra = [] if baseline else VARIANTS[label.removeprefix("c3po_")]
                 cfg = recipe(train_pairs=len(train), samples_per_epoch=args.samples_per_epoch, quick=args.quick,
                              overrides=list(args.overrides) + extra + [f"run.seed={args.seed}"], baseline=baseline)
-                fit = fit_local(cfg, train, progress=lambda line, label=label: print(f"  {label}: {line}", flush=True),
-                                calibration_records=[] if baseline else train)
+                say = lambda line, label=label: print(f"  {label}: {line}", flush=True)  # noqa: E731
+                start = None
+                if label.removeprefix("c3po_") in PRETRAINED:
+                    start = pretrain(cfg, train, out / fold / "pretrain-pairs", pairs_per_image=args.pairs_per_image,
+                                     epochs=max(1, args.pretrain_epochs // (8 if args.quick else 1)), progress=say)
+                fit = fit_local(cfg, train, model=start, progress=say, calibration_records=[] if baseline else train)
                 fits[label] = fit
                 timings[f"{label}_train_s"] = timings.get(f"{label}_train_s", 0.0) + fit.seconds
                 save_checkpoint(out / fold / f"{label}-checkpoint", fit.model,
@@ -143,6 +175,10 @@ def main() -> int:
                 predictor = Predictor(fit.model, tile_size=cfg.score.tile_size, tile_overlap=cfg.score.tile_overlap,
                                       threshold=threshold)
                 methods.append(model_method(label, predictor, description=f"{label}, trained on the training pairs"))
+                if args.tta and label.startswith("c3po"):
+                    predictor = Predictor(fit.model, tile_size=cfg.score.tile_size, tile_overlap=cfg.score.tile_overlap,
+                                          threshold=threshold, tta=True)
+                    methods.append(model_method(f"{label}_tta", predictor, description=f"{label} with flip TTA"))
             methods.append(cva_method())
             result = evaluate_pairs(test, methods, output_dir=out / fold, max_panels=len(test), progress=None)
             result.info.update(dataset=set_name, split=f"{fold} (trained on: {', '.join(r.pair_id for r in train)})")
@@ -153,7 +189,7 @@ def main() -> int:
             for m in result.methods:
                 if "curve" in m:
                     curves.setdefault(m["name"], []).append(m["curve"])
-        scores = {name: pooled(fold_results, name) for name in [*fits, "cva_otsu"]}
+        scores = {m["name"]: pooled(fold_results, m["name"]) for m in fold_results[0].methods}
         for name, found in curves.items():
             # One fold per set except DSIFN with --dsifn-folds 2 (then the first fold's numbers).
             scores[name].update({k: found[0][k] for k in ("threshold", "average_precision", "f1_at_0.5", "optimistic_best_f1")})

@@ -1,11 +1,14 @@
 """Pretrain on change pairs synthesised from single-date images, on Ray like fine-tuning.
 
-    python jobs/pretrain.py --images /path/to/images --config jobs/configs/real_pairs.yaml [key=value ...]
+    python jobs/pretrain.py --images /path/to/images [--segmentations /path/to/masks] --config C [key=value ...]
+    python jobs/pretrain.py --pairs DATASET --config C [key=value ...]
 
-Writes the synthetic pairs (see changeseg.data.changesynth) under
-<run.storage_path>/<run.name>/pretrain-pairs, trains MTF, MSF and the head on them with
-the same Ray Train job as fine-tuning, and prints the checkpoint. Fine-tune from it
-with ``model.weights=<that checkpoint>``.
+``--images``: unlabelled images (soft patches of other images pasted in, or objects from
+masks named like the images). ``--pairs``: a labelled dataset (any layout, manifest or
+shards): the objects that changed in its t1 images are pasted into other scenes. The
+pairs are written under <run.storage_path>/<run.name>/pretrain-pairs (see
+changeseg.data.changesynth), then the same Ray Train job as fine-tuning trains on them
+and prints the checkpoint. Fine-tune from it with ``model.weights=<that checkpoint>``.
 """
 
 from __future__ import annotations
@@ -14,36 +17,40 @@ import argparse
 import sys
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+from changeseg.config import load_config
+from changeseg.data.pipeline import scan_records
+from changeseg.training.pretraining import find_images, pairs_from_images, pairs_from_labelled
+from changeseg.training.trainer import finetune
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", required=True, help="a folder of single-date images (searched recursively)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", help="a folder of single-date images (searched recursively)")
+    source.add_argument("--pairs", help="a labelled dataset whose images and change masks to use")
     parser.add_argument("--segmentations", default=None,
-                        help="optional folder of instance/segmentation masks named like the images")
+                        help="with --images: a folder of instance, segmentation or binary masks named like the images")
     parser.add_argument("--config", default=None)
     parser.add_argument("--pairs-per-image", type=int, default=4)
     parser.add_argument("--size", type=int, default=256, help="crop side of each synthetic pair")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
 
-    from changeseg.config import load_config
-    from changeseg.data.changesynth import write_synthetic_pairs
-    from changeseg.training.trainer import finetune
-
     cfg = load_config(args.config, args.overrides)
-    images = sorted(p for p in Path(args.images).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if len(images) < 2:
-        print(f"error: {args.images} holds {len(images)} image(s); at least 2 are needed", file=sys.stderr)
-        return 2
-    segmentations = None
-    if args.segmentations:
-        segmentations = [next(iter(Path(args.segmentations).glob(p.stem + ".*")), None) for p in images]
     out = Path(cfg.run.storage_path) / cfg.run.name / "pretrain-pairs"
-    count = write_synthetic_pairs(images, out, pairs_per_image=args.pairs_per_image, size=args.size,
-                                  seed=cfg.run.seed, segmentations=segmentations)
-    print(f"{count} synthetic pairs from {len(images)} images in {out}", flush=True)
+    try:
+        if args.images:
+            images = find_images(args.images)
+            count = pairs_from_images(images, out, segmentations_dir=args.segmentations,
+                                      pairs_per_image=args.pairs_per_image, size=args.size, seed=cfg.run.seed)
+        else:
+            records = scan_records(args.pairs, cfg)
+            count = pairs_from_labelled(cfg, records, out, pairs_per_image=args.pairs_per_image, size=args.size,
+                                        progress=lambda line: print(line, flush=True))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{count} synthetic pairs in {out}", flush=True)
     cfg = load_config(args.config, args.overrides + [f"data.train_path={out.resolve()}", "data.layout=folder"])
     result = finetune(cfg)
     print(f"pretrained checkpoint: {result.checkpoint_path}\n"
