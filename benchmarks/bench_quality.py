@@ -92,23 +92,19 @@ def recipe(*, train_pairs: int, samples_per_epoch: int, quick: bool, overrides: 
 
 
 def pretrain(cfg, train: list, folder: Path, *, pairs_per_image: int, epochs: int, progress):
-    """A model pretrained on pairs synthesised from the training pairs' t0/t1 images
-    (t1's changed objects pasted elsewhere, soft patches of t0), with the same recipe."""
-    from changeseg.data.changesynth import images_of_pairs, write_pairs
-    from changeseg.data.decode import load_pair
+    """A model pretrained with the same recipe on pairs synthesised from the training pairs'
+    t0/t1 images (t1's changed objects pasted into other scenes, soft patches of t0s)."""
     from changeseg.data.layouts import scan_dataset
-    from changeseg.data.pipeline import load_options
     from changeseg.training.local import fit_local
+    from changeseg.training.pretraining import pairs_from_labelled
 
-    samples = [load_pair(r.to_row(), **load_options(cfg)) for r in train]
-    images, objects = images_of_pairs(samples)
-    count = write_pairs(images, folder, segmentations=objects, pairs_per_image=pairs_per_image,
-                        size=cfg.data.crop_size, seed=cfg.run.seed)
+    count = pairs_from_labelled(cfg, train, folder, pairs_per_image=pairs_per_image, size=cfg.data.crop_size,
+                                progress=progress)
     records = scan_dataset(str(folder), layout="folder").records
     repeat = max(1, math.ceil(cfg.data.repeat * len(train) / count))
     pre_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"repeat": repeat}),
                                      "train": cfg.train.model_copy(update={"epochs": epochs})})
-    progress(f"pretraining on {count} synthetic pairs from {len(images)} training images")
+    progress(f"pretraining on {count} synthetic pairs, {epochs} epochs")
     return fit_local(pre_cfg, records, progress=progress).model
 
 
