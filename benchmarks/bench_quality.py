@@ -119,7 +119,8 @@ def main() -> int:
                         help="C-3PO variants, comma-separated: " + ", ".join(VARIANTS) + " (each trains one model)")
     parser.add_argument("--no-fc-siam", action="store_true", help="leave FC-Siam-diff out (saves a training per set)")
     parser.add_argument("--seed", type=int, default=0, help="run.seed of every training")
-    parser.add_argument("--pairs-per-image", type=int, default=8, help="synthetic pairs per training image (pretrained)")
+    parser.add_argument("--pairs-per-image", type=int, default=None,
+                        help="synthetic pairs per training image (pretrained); default: one epoch's worth of crops")
     parser.add_argument("--pretrain-epochs", type=int, default=4, help="epochs of pretraining (pretrained)")
     parser.add_argument("--tta", action="store_true", help="also evaluate each C-3PO with flip test-time augmentation")
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.epochs=8")
@@ -157,7 +158,8 @@ def main() -> int:
                 say = lambda line, label=label: print(f"  {label}: {line}", flush=True)  # noqa: E731
                 start = None
                 if label.removeprefix("c3po_") in PRETRAINED:
-                    start = pretrain(cfg, train, out / fold / "pretrain-pairs", pairs_per_image=args.pairs_per_image,
+                    start = pretrain(cfg, train, out / fold / "pretrain-pairs", pairs_per_image=args.pairs_per_image
+                                     or max(1, math.ceil(args.samples_per_epoch / (2 * len(train)))),
                                      epochs=max(1, args.pretrain_epochs // (8 if args.quick else 1)), progress=say)
                 fit = fit_local(cfg, train, model=start, progress=say, calibration_records=[] if baseline else train)
                 fits[label] = fit
