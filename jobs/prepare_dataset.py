@@ -1,8 +1,4 @@
-"""Scan a dataset (any layout, local or s3://) into a Parquet manifest and/or packed shards.
-
-    python jobs/prepare_dataset.py s3://bucket/LEVIR-CD --manifest s3://bucket/levir/manifest.parquet \
-        --shards s3://bucket/levir/shards [--layout auto] [--strict] [storage.endpoint_url=...]
-"""
+"""Former name of ``jobs/prepare.py``, kept for existing ``ray job submit`` commands."""
 
 import sys
 

@@ -1,9 +1,10 @@
-"""Command line: ``changeseg finetune|demo|export|prepare|score|evaluate|serve``.
+"""Command line: ``changeseg finetune|pretrain|demo|export|prepare|score|evaluate|serve``.
 
 One table (:data:`COMMANDS`) names each subcommand with its help, the function that
 adds its own arguments and the function that runs it; :func:`run_command` is the one
 skeleton around them (``--config`` + dotted overrides, logging, config errors exit 2,
-expected errors exit 1). The jobs/ scripts call the same entry points.
+expected errors exit 1). The jobs/ scripts call the same entry points, one script per
+command under the command's name (``jobs/prepare.py`` runs ``changeseg prepare``).
 
 Each run function imports its command's modules when it runs: they pull in Ray,
 MLflow, torch and timm (seconds), and ``changeseg --help`` or a config error should not.
@@ -58,11 +59,48 @@ def _finetune_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _finetune(args: argparse.Namespace, cfg: Config) -> int:
-    from changeseg.training.trainer import finetune
+    from changeseg.training.trainer import finetune  # lazy: start-up time (module docstring)
 
     text = json.dumps(dataclasses.asdict(finetune(cfg)), indent=2, sort_keys=True)
     print(text)
     _write_summary(args.summary, text)
+    return 0
+
+
+# --- pretrain ----------------------------------------------------------------------------
+
+def _pretrain_args(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", help="a folder of single-date images (searched recursively)")
+    source.add_argument("--pairs", help="a labelled dataset whose images and change masks to use")
+    parser.add_argument("--segmentations", default=None,
+                        help="with --images: a folder of instance, segmentation or binary masks named like the images")
+    parser.add_argument("--pairs-per-image", type=int, default=4)
+    parser.add_argument("--size", type=int, default=256, help="crop side of each synthetic pair")
+
+
+def _pretrain(args: argparse.Namespace, cfg: Config) -> int:
+    # Lazy: start-up time (module docstring).
+    from changeseg.data.pipeline import scan_records
+    from changeseg.training.pretraining import find_images, pairs_folder, pairs_from_images, pairs_from_labelled
+    from changeseg.training.trainer import finetune
+
+    out = pairs_folder(cfg)
+    try:
+        if args.images:
+            count = pairs_from_images(find_images(args.images), out, segmentations_dir=args.segmentations,
+                                      pairs_per_image=args.pairs_per_image, size=args.size, seed=cfg.run.seed)
+        else:
+            count = pairs_from_labelled(cfg, scan_records(args.pairs, cfg), out, pairs_per_image=args.pairs_per_image,
+                                        size=args.size, progress=lambda line: print(line, flush=True))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{count} synthetic pairs in {out}", flush=True)
+    # The training config validates like any other: the same file and overrides, on the pairs' folder.
+    result = finetune(load_config(args.config, args.overrides + [f"data.train_path={out.resolve()}", "data.layout=folder"]))
+    print(f"pretrained checkpoint: {result.checkpoint_path}\n"
+          f"fine-tune from it with: model.weights={result.checkpoint_path}")
     return 0
 
 
@@ -74,7 +112,7 @@ def _demo_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _demo(args: argparse.Namespace, cfg: Config) -> int:
-    from changeseg.demo import run_demo
+    from changeseg.demo import run_demo  # lazy: start-up time (module docstring)
 
     run_demo(config_path=args.config, overrides=args.overrides, output=args.output, test_pairs=args.test_pairs)
     return 0
@@ -93,6 +131,7 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _export(args: argparse.Namespace, cfg: Config) -> int:
+    # Lazy: start-up time (module docstring).
     from changeseg.export import DEFAULT_OPSET, check_onnx_parity, export_onnx
     from changeseg.inference.predictor import Predictor
 
@@ -130,7 +169,7 @@ def _prepare_check(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 def _prepare(args: argparse.Namespace, cfg: Config) -> int:
-    from changeseg.data.prepare import prepare_dataset
+    from changeseg.data.prepare import prepare_dataset  # lazy: start-up time (module docstring)
 
     summary = prepare_dataset(
         args.source, layout=args.layout or cfg.data.layout, manifest=args.manifest, shards=args.shards,
@@ -158,7 +197,7 @@ def _score_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _score(args: argparse.Namespace, cfg: Config) -> int:
-    from changeseg.inference.score import batch_score
+    from changeseg.inference.score import batch_score  # lazy: start-up time (module docstring)
 
     summary = batch_score(cfg, model_uri=args.model, input_uri=args.input, output_uri=args.output, split=args.split,
                           retry_errors=args.retry_errors)
@@ -184,7 +223,7 @@ def _evaluate_check(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 
 def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
-    from changeseg.evaluation.report import evaluate
+    from changeseg.evaluation.report import evaluate  # lazy: start-up time (module docstring)
 
     result, html_path, json_path = evaluate(
         cfg, model_uri=args.model, input_uri=args.input, output_dir=args.output, baseline_uris=args.baseline,
@@ -203,7 +242,7 @@ def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
 # --- serve -------------------------------------------------------------------------------
 
 def _serve_args(parser: argparse.ArgumentParser) -> None:
-    from changeseg.serving.local import DEFAULT_CONFIG
+    from changeseg.serving.local import DEFAULT_CONFIG  # lazy: start-up time (module docstring)
 
     parser.add_argument("--serve-config", default=str(DEFAULT_CONFIG), help="Ray Serve config file (default: %(default)s)")
     parser.add_argument("--port", type=int, help="HTTP port (default: the serve config's)")
@@ -213,7 +252,7 @@ def _serve(args: argparse.Namespace, cfg: Config) -> int:
     if not Path(args.serve_config).is_file():
         print(f"error: serve config not found: {args.serve_config}", file=sys.stderr)
         return 2
-    from changeseg.serving.local import run_server
+    from changeseg.serving.local import run_server  # lazy: start-up time (module docstring)
 
     run_server(cfg, config_path=args.serve_config, port=args.port)
     return 0
@@ -222,6 +261,9 @@ def _serve(args: argparse.Namespace, cfg: Config) -> int:
 COMMANDS: dict[str, Command] = {
     "finetune": Command("Fine-tune a change-detection model with Ray Train, tracked in MLflow.",
                         _finetune_args, _finetune),
+    "pretrain": Command("Pretrain on change pairs synthesised from single-date images or labelled pairs, with "
+                        "the fine-tuning job; prints the checkpoint to fine-tune from (model.weights=...).",
+                        _pretrain_args, _pretrain),
     "demo": Command("Synthetic end-to-end demo: train, register, predict.", _demo_args, _demo,
                     config_help="YAML config (default: the built-in demo recipe)", errors=()),
     "export": Command("Export a model to ONNX (inputs t0, t1; output logits) and check it in onnxruntime.",
@@ -284,6 +326,7 @@ def entry_point(name: str) -> Callable[..., int]:
 
 
 finetune_main = entry_point("finetune")
+pretrain_main = entry_point("pretrain")
 demo_main = entry_point("demo")
 export_main = entry_point("export")
 prepare_main = entry_point("prepare")

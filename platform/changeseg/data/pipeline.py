@@ -79,6 +79,14 @@ def _scan(uri: str, cfg: Config) -> ScanResult:
     )
 
 
+def scan_records(uri: str, cfg: Config) -> list[PairRecord]:
+    """The complete pairs of the dataset at ``uri`` read as ``data.*`` says; incomplete ones
+    are reported like the training data's (``data.strict``: an error)."""
+    scan = _scan(uri, cfg)
+    report_skipped(list(scan.problems), strict=cfg.data.strict, source=uri)
+    return scan.records
+
+
 def _with_split(records: list[PairRecord], split: str) -> list[PairRecord]:
     """The records of ``split``, or all of them when none carries that split."""
     chosen = [r for r in records if r.split == split]

@@ -18,9 +18,14 @@ from changeseg.data.decode import load_pair
 from changeseg.data.pipeline import load_options
 from changeseg.data.records import PairRecord
 
-__all__ = ["IMAGE_SUFFIXES", "find_images", "pairs_from_images", "pairs_from_labelled"]
+__all__ = ["IMAGE_SUFFIXES", "find_images", "pairs_folder", "pairs_from_images", "pairs_from_labelled"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+
+
+def pairs_folder(cfg: Config) -> Path:
+    """Where a run's pretraining pairs are written: beside its checkpoints."""
+    return Path(cfg.run.storage_path) / cfg.run.name / "pretrain-pairs"
 
 
 def find_images(folder: str | Path) -> list[Path]:
