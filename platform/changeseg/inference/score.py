@@ -116,8 +116,7 @@ def batch_score(
     storage timeouts, a lost actor) from the result files, so those pairs are scored again.
     """
     started = time.perf_counter()
-    if not storage.is_remote(output_uri):
-        output_uri = str(Path(output_uri.removeprefix("file://")).expanduser().resolve())
+    output_uri = absolute_output(output_uri)
     checkpoint, info = checkpoint_bytes(model_uri, cfg)
     records, problems = load_input_records(input_uri, cfg, split=split)
     total = len(records) + len(problems)
@@ -126,36 +125,65 @@ def batch_score(
     if retry_errors:
         log.info("retrying: %d error rows removed from %s", drop_error_rows(output_uri, cfg), output_uri)
 
-    done: set[str] = set()
-    for table in read_results(output_uri, cfg, columns=["pair_id"]):
-        done.update(table.column("pair_id").to_pylist())
+    done = scored_pair_ids(output_uri, cfg)
     todo = [r for r in records if r.pair_id not in done]
     writer = ResultWriter(output_uri, cfg)
-    model_fields = {"model_name": str(info.get("name")), "model_version": str(info.get("version") or "")}
-    problem_rows = [
-        {**{n: None for n in RESULT_SCHEMA.names}, **model_fields, "pair_id": pid, "status": "error", "error": why, "has_truth": False}
-        for pid, why in problems if pid not in done
-    ]
+    problem_rows = problem_result_rows(problems, done=done, info=info)
     writer.add(problem_rows)
     log.info("scoring %d pairs of %s with %s (%d already in %s)", len(todo), input_uri, model_uri, len(done), output_uri)
     error_examples = [[r["pair_id"], r["error"]] for r in problem_rows[:5]]
     steady = _run_pipeline(cfg, todo, checkpoint, info, output_uri, writer, error_examples, started) if todo else None
     writer.flush()
 
+    summary = summarise(
+        cfg, info=info, input_uri=input_uri, output_uri=output_uri, pairs_total=total, already_done=len(done),
+        scored_now=len(todo) + len(problem_rows), started=started, steady=steady, error_examples=error_examples,
+    )
+    storage.write_bytes(storage.join(output_uri, "summary.json"), summary.to_json().encode(), cfg.storage)
+    return summary
+
+
+def absolute_output(output_uri: str) -> str:
+    """A local output folder as an absolute path (Ray workers run elsewhere); remote URIs as given."""
+    if storage.is_remote(output_uri):
+        return output_uri
+    return str(Path(output_uri.removeprefix("file://")).expanduser().resolve())
+
+
+def scored_pair_ids(output_uri: str, cfg: Config) -> set[str]:
+    """Pair ids already in the result files: a re-run skips them."""
+    done: set[str] = set()
+    for table in read_results(output_uri, cfg, columns=["pair_id"]):
+        done.update(table.column("pair_id").to_pylist())
+    return done
+
+
+def problem_result_rows(problems: list[tuple[str, str]], *, done: set[str], info: dict) -> list[dict]:
+    """One ``error`` row per incomplete input pair not already in the results."""
+    model_fields = {"model_name": str(info.get("name")), "model_version": str(info.get("version") or "")}
+    return [
+        {**{n: None for n in RESULT_SCHEMA.names}, **model_fields, "pair_id": pid, "status": "error", "error": why, "has_truth": False}
+        for pid, why in problems if pid not in done
+    ]
+
+
+def summarise(
+    cfg: Config, *, info: dict, input_uri: str, output_uri: str, pairs_total: int, already_done: int, scored_now: int,
+    started: float, steady: float | None, error_examples: list,
+) -> ScoreSummary:
+    """The job's summary, its totals and metrics read back from every result file (resumed runs too)."""
     ok_all, err_all, rows_all, metrics = result_totals(output_uri, cfg)
     seconds = time.perf_counter() - started
-    scored_now = len(todo) + len(problem_rows)
     summary = ScoreSummary(
-        model=info, input=input_uri, output=output_uri, pairs_total=total, already_done=len(done),
+        model=info, input=input_uri, output=output_uri, pairs_total=pairs_total, already_done=already_done,
         scored_now=scored_now, ok=ok_all, errors=err_all, seconds=round(seconds, 3),
         pairs_per_second=round(scored_now / seconds, 3) if seconds > 0 else 0.0,
         results=storage.join(output_uri, "results"), masks=storage.join(output_uri, "masks"),
         steady_pairs_per_second=round(steady, 3) if steady else None,
         metrics=metrics.compute() if metrics is not None else None, error_examples=error_examples[:5],
     )
-    if rows_all != total:
-        log.warning("%s holds %d result rows for %d input pairs", summary.results, rows_all, total)
-    storage.write_bytes(storage.join(output_uri, "summary.json"), summary.to_json().encode(), cfg.storage)
+    if rows_all != pairs_total:
+        log.warning("%s holds %d result rows for %d input pairs", summary.results, rows_all, pairs_total)
     return summary
 
 
@@ -164,26 +192,11 @@ def _run_pipeline(cfg: Config, todo: list, checkpoint: dict, info: dict, output_
     """Stream ``todo`` through decoding and the actor pool into ``writer``; returns the steady rate."""
     init_ray(cfg)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    score = cfg.score
     # Held here for the whole job: actors the pool starts late (scaling up, restarts)
     # resolve it after the first ones, and the object must still exist then.
     weights_ref = ray.put(checkpoint)
-    # Decoding runs in tasks of their own (a resource shape unlike the actors', so Ray
-    # Data does not fuse the two), overlapping with the model instead of queueing behind it.
-    load = {**load_options(cfg), "max_pixels": score.max_pixels}
-    ds = source_dataset(todo, cfg).map(Decode(load), num_cpus=0.5)
-    ds = ds.map_batches(
-        Scorer,
-        fn_constructor_kwargs={"checkpoint": [weights_ref], "info": info,
-                               "cfg_json": cfg.model_dump(mode="json"), "output_uri": output_uri},
-        batch_size=score.batch_size,
-        compute=ray.data.ActorPoolStrategy(min_size=score.min_actors, max_size=score.max_actors),
-        num_gpus=score.num_gpus,
-        num_cpus=score.cpus_per_actor,
-        batch_format="numpy",
-        zero_copy_batch=True,
-    )
-    clock = Progress(score.progress_seconds, started=started)
+    ds = scoring_dataset(cfg, todo=todo, weights_ref=weights_ref, info=info, output_uri=output_uri)
+    clock = Progress(cfg.score.progress_seconds, started=started)
     scored = errors = 0
     stamps: list[float] = []
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -200,7 +213,34 @@ def _run_pipeline(cfg: Config, todo: list, checkpoint: dict, info: dict, output_
             eta = clock.eta(scored, len(todo))
             print(f"[score] {scored}/{len(todo)} pairs, {rate:.2f} pairs/s, eta {eta:.0f} s, errors {errors}", flush=True)
     del weights_ref  # the job is over; the object store may free the weights
-    stamps.sort()
+    return steady_rate(stamps)
+
+
+def scoring_dataset(
+    cfg: Config, *, todo: list[PairRecord], weights_ref: ray.ObjectRef, info: dict, output_uri: str
+) -> ray.data.Dataset:
+    """Records -> decode tasks -> the scoring actor pool, as one lazy Ray Data dataset."""
+    score = cfg.score
+    # Decoding runs in tasks of their own (a resource shape unlike the actors', so Ray
+    # Data does not fuse the two), overlapping with the model instead of queueing behind it.
+    load = {**load_options(cfg), "max_pixels": score.max_pixels}
+    ds = source_dataset(todo, cfg).map(Decode(load), num_cpus=0.5)
+    return ds.map_batches(
+        Scorer,
+        fn_constructor_kwargs={"checkpoint": [weights_ref], "info": info,
+                               "cfg_json": cfg.model_dump(mode="json"), "output_uri": output_uri},
+        batch_size=score.batch_size,
+        compute=ray.data.ActorPoolStrategy(min_size=score.min_actors, max_size=score.max_actors),
+        num_gpus=score.num_gpus,
+        num_cpus=score.cpus_per_actor,
+        batch_format="numpy",
+        zero_copy_batch=True,
+    )
+
+
+def steady_rate(stamps: list[float]) -> float | None:
+    """Pairs after the first model batch over the time from its end to the last one's."""
+    stamps = sorted(stamps)
     first_batch = stamps.count(stamps[0]) if stamps else 0
     if len(stamps) > first_batch and stamps[-1] > stamps[0]:
         return (len(stamps) - first_batch) / (stamps[-1] - stamps[0])
