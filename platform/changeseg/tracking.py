@@ -24,7 +24,7 @@ from PIL import Image
 from ray.train import UserCallback
 
 from changeseg.config import Config, resolve_tracking_uri
-from changeseg.data.decode import load_pair
+from changeseg.data.pairs import load_pair
 from changeseg.inference.naming import pair_file_name
 from changeseg.inference.predictor import Predictor
 from changeseg.models import resolve_model_args

@@ -11,13 +11,15 @@ from helpers import write_pair_folder
 from changeseg import storage
 from changeseg.cli import prepare_main
 from changeseg.config import StorageSection, build_config
-from changeseg.data.decode import encode_png, load_pair
+from changeseg.data.decode import encode_png
 from changeseg.data.layouts import scan_dataset
 from changeseg.data.manifest import read_manifest, write_manifest
+from changeseg.data.packing import pack_shards
+from changeseg.data.pairs import load_pair
 from changeseg.data.pipeline import pair_dataset, plan_datasets, records_to_rows, screen_plan
 from changeseg.data.prepare import prepare_dataset
 from changeseg.data.records import PairRecord
-from changeseg.data.shards import pack_shards, read_shard_records
+from changeseg.data.shards import read_shard_records
 
 
 def _spoil(root):

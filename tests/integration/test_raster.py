@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from changeseg.data.decode import load_pair
+from changeseg.data.pairs import load_pair
 from changeseg.data.raster import RasterOptions
 
 FOUR = {"bands": (1, 2, 3, 4), "scaling": "range", "value_range": (0, 10000), "percentiles": (2, 98), "align": "reproject"}

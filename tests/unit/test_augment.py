@@ -137,7 +137,7 @@ def test_dataset_recipes_load_with_the_papers_optimisation(name):
 def test_resize_when_read(tmp_path):
     from helpers import write_pair_folder
 
-    from changeseg.data.decode import load_pair
+    from changeseg.data.pairs import load_pair
 
     arrays = write_pair_folder(tmp_path, ["a"], size=(8, 12))
     row = {"pair_id": "a", "t0": str(tmp_path / "t0" / "a.png"), "t1": str(tmp_path / "t1" / "a.png"),

@@ -5,7 +5,8 @@ import pytest
 from helpers import write_pair_folder
 from PIL import Image
 
-from changeseg.data.decode import decode_image, decode_mask, encode_png, load_pair
+from changeseg.data.decode import decode_image, decode_mask, encode_png
+from changeseg.data.pairs import load_pair
 from changeseg.data.records import scan_folder, split_records
 from changeseg.data.transforms import augment_pair, random_crop, random_flip
 
@@ -128,3 +129,9 @@ def test_flip_is_a_real_flip():
 
     out = random_flip(sample, Always(), horizontal=True, vertical=False)
     assert np.array_equal(out["t0"], sample["t0"][:, ::-1]) and np.array_equal(out["mask"], sample["mask"][:, ::-1])
+
+
+def test_load_pair_keeps_its_former_import_path():
+    from changeseg.data import decode, pairs
+
+    assert decode.load_pair is pairs.load_pair

@@ -9,8 +9,9 @@ from conftest import SHARED_DATA
 from PIL import Image
 
 from changeseg.config import build_config
-from changeseg.data.decode import CHANGESIM_COLOURS, load_pair
+from changeseg.data.decode import CHANGESIM_COLOURS
 from changeseg.data.layouts import scan_dataset
+from changeseg.data.pairs import load_pair
 from changeseg.data.pipeline import plan_datasets, records_to_rows
 
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared/data not present")

@@ -13,6 +13,7 @@ from PIL import Image, ImageOps
 
 from changeseg import storage
 from changeseg.config import StorageSection
+from changeseg.data.shards import read_shard_member
 
 # How a mask file becomes class indices; a record's ``mask_encoding`` names one of these.
 MASK_ENCODINGS = (
@@ -224,69 +225,19 @@ def member_bytes(row: dict, key: str, storage_options: StorageSection | None = N
     if inline is not None:
         return inline
     if row.get("shard"):
-        from changeseg.data.shards import read_shard_member
-
         return read_shard_member(row["shard"], int(row["shard_row"]), key, storage_options)
     return storage.read_bytes(row[key], storage_options)
-
-
-def load_pair(
-    row: dict,
-    *,
-    mask_values: str = "binary",
-    storage_options: StorageSection | None = None,
-    num_classes: int | None = None,
-    ignore_index: int = 255,
-    resize: tuple[int, int] | None = None,
-    max_pixels: int | None = None,
-    raster: dict | None = None,
-    crop: tuple | None = None,
-) -> dict:
-    """Read and decode one record's files; sizes must agree.
-
-    The row's own ``mask_encoding`` (set by the dataset readers) wins over ``mask_values``.
-    ``resize`` = (H, W): images bilinear, mask nearest (class ids stay ids). ``max_pixels``
-    refuses larger images from their header (:class:`ImageTooLarge`), before decoding.
-    Rasters (``.tif``, ``.jp2``) are read with rasterio (:mod:`changeseg.data.raster`,
-    options ``raster``; ``crop`` = (size, rng) reads one random window instead of the whole).
-    """
-    from changeseg.data.raster import is_raster_row, load_raster_pair
-
-    if is_raster_row(row):
-        return load_raster_pair(row, raster=raster, mask_values=mask_values, storage_options=storage_options,
-                                num_classes=num_classes, ignore_index=ignore_index, max_pixels=max_pixels, crop=crop)
-    pid = row["pair_id"]
-    try:
-        t0 = decode_image(member_bytes(row, "t0", storage_options), max_pixels=max_pixels)
-        t1 = decode_image(member_bytes(row, "t1", storage_options), max_pixels=max_pixels)
-    except ImageTooLarge as err:
-        raise ImageTooLarge(f"pair {pid}: {err}") from None
-    if t0.shape != t1.shape:
-        raise ValueError(f"pair {pid}: t0 is {t0.shape[:2]} but t1 is {t1.shape[:2]}")
-    out = {"pair_id": pid, "t0": t0, "t1": t1}
-    if row.get("mask") or row.get("mask_data") is not None:
-        encoding = row.get("mask_encoding") or mask_values
-        try:
-            mask = decode_mask(
-                member_bytes(row, "mask", storage_options),
-                mask_values=encoding,
-                num_classes=num_classes,
-                ignore_index=ignore_index,
-            )
-        except ValueError as err:
-            raise ValueError(f"pair {pid}: {err}") from None
-        if mask.shape != t0.shape[:2]:
-            raise ValueError(f"pair {pid}: mask is {mask.shape} but images are {t0.shape[:2]}")
-        out["mask"] = mask
-    if resize is not None and tuple(t0.shape[:2]) != tuple(resize):
-        size = (int(resize[1]), int(resize[0]))
-        for key in ("t0", "t1", "mask"):
-            if key in out:
-                method = Image.NEAREST if key == "mask" else Image.BILINEAR
-                out[key] = np.asarray(Image.fromarray(out[key]).resize(size, method))
-    return out
 
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:
     """(N, H, W, C) uint8 -> (N, C, H, W) float in [0, 1], the model's input contract (C = 3 for RGB)."""
     return images.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def __getattr__(name: str):
+    # load_pair lived here; scripts importing it from here still get it.
+    if name == "load_pair":
+        from changeseg.data.pairs import load_pair  # lazy: pairs imports this module
+
+        return load_pair
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

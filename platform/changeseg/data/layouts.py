@@ -28,7 +28,9 @@ import pyarrow.fs as pafs
 
 from changeseg import storage
 from changeseg.config import StorageSection
+from changeseg.data.manifest import read_manifest
 from changeseg.data.records import IMAGE_SUFFIXES, PairRecord
+from changeseg.data.shards import is_shard_file, read_shard_records
 
 LAYOUTS = ("folder", "levir", "dsifn", "airchange", "pcd", "vl_cmu_cd", "changesim", "manifest", "shards")
 KNOWN_SPLITS = ("train", "val", "test", "trainval")
@@ -327,9 +329,6 @@ def scan_dataset(
     storage_options: StorageSection | None = None,
 ) -> ScanResult:
     """Records of the dataset at ``uri`` (folder of any layout, manifest, shards)."""
-    from changeseg.data.manifest import read_manifest
-    from changeseg.data.shards import is_shard_file, read_shard_records
-
     if layout != "auto" and layout not in LAYOUTS:
         raise ValueError(f"unknown layout '{layout}' (known: auto, {', '.join(LAYOUTS)})")
     uri = _normalise(uri)

@@ -17,13 +17,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from changeseg import storage
 from changeseg.config import Config
-from changeseg.data.decode import load_pair
 from changeseg.data.layouts import ScanResult, scan_dataset
-from changeseg.data.raster import is_raster_row, raster_options
+from changeseg.data.pairs import load_pair
+from changeseg.data.raster import count_mask_pixels, is_raster_row, raster_options
 from changeseg.data.records import PairRecord, scan_folder, split_records
+from changeseg.data.synthetic import write_folder
 from changeseg.data.transforms import augment_pair
 
 log = logging.getLogger(__name__)
@@ -57,8 +59,6 @@ def synthetic_root(cfg: Config) -> str:
 
 def ensure_synthetic(root: str, *, count: int, seed: int, size: int) -> str:
     """Write ``count`` synthetic pairs under ``root`` unless they are already there."""
-    from changeseg.data.synthetic import write_folder
-
     local = Path(root)
     if local.is_dir():
         if len(list((local / "mask").glob("*.png"))) == count:
@@ -193,8 +193,6 @@ class _ShardRows:
         self.storage_options = storage_options
 
     def __call__(self, item: dict) -> list[dict]:
-        import pyarrow.parquet as pq
-
         wanted = set(item["ids"])
         try:
             fs, path = storage.filesystem_for(item["shard"], self.storage_options)
@@ -210,7 +208,7 @@ class _ShardRows:
 def source_dataset(records: list[PairRecord], cfg: Config):
     """A Ray Dataset of undecoded rows: from the shards when every record is packed (one
     task per shard), else one row per record with its file URIs."""
-    import ray.data
+    import ray.data  # lazy: seconds to import; fit_local and evaluation use this module without Ray
 
     if not records:
         raise ValueError("cannot build a dataset from zero pairs")
@@ -278,7 +276,7 @@ def pair_dataset(records: list[PairRecord], cfg: Config, *, augment: bool, shuff
     """
     rows = source_dataset(records, cfg)
     if shuffle_seed is not None:
-        from ray.data import RandomSeedConfig
+        from ray.data import RandomSeedConfig  # lazy: as in source_dataset
 
         rows = rows.random_shuffle(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
     loader = _LoadPair(load=load_options(cfg), augment=augment_options(cfg) if augment else None)
@@ -295,8 +293,6 @@ class _Inspect:
         if row.get("error"):
             return {"pair_id": row["pair_id"], "error": row["error"], "changed": 0, "unchanged": 0}
         if is_raster_row(row):  # scenes are checked and counted strip by strip, never held whole
-            from changeseg.data.raster import count_mask_pixels
-
             try:
                 changed, unchanged = count_mask_pixels(row, **self.load)
             except Exception as err:

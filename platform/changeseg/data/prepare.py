@@ -11,7 +11,7 @@ from changeseg import storage
 from changeseg.config import StorageSection
 from changeseg.data.layouts import scan_dataset
 from changeseg.data.manifest import write_manifest
-from changeseg.data.shards import pack_shards
+from changeseg.data.packing import pack_shards
 
 log = logging.getLogger(__name__)
 

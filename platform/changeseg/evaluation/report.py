@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from changeseg.data.decode import load_pair
+from changeseg.data.pairs import load_pair
 from changeseg.evaluation.methods import Method, cva_method, load_methods, model_method
 from changeseg.evaluation.render import draw_pair, write_report
 from changeseg.evaluation.scoring import (

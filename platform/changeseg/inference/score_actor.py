@@ -18,7 +18,8 @@ import torch
 
 from changeseg import storage
 from changeseg.config import Config
-from changeseg.data.decode import encode_png, load_pair
+from changeseg.data.decode import encode_png
+from changeseg.data.pairs import load_pair
 from changeseg.inference.naming import pair_file_name
 from changeseg.inference.predictor import Predictor
 from changeseg.inference.regions import summarize_mask

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from changeseg.config import Config
-from changeseg.data.decode import load_pair
+from changeseg.data.pairs import load_pair
 from changeseg.data.pipeline import augment_options, load_options
 from changeseg.data.records import PairRecord
 from changeseg.data.transforms import augment_pair

@@ -18,7 +18,7 @@ import ray.train.torch
 import torch
 
 from changeseg.config import Config
-from changeseg.data.decode import load_pair
+from changeseg.data.pairs import load_pair
 from changeseg.data.pipeline import load_options
 from changeseg.runtime import quiet_ray_loggers
 from changeseg.training.calibration import (
