@@ -78,7 +78,7 @@ def check_onnx_parity(
     seed: int = 0,
 ) -> float:
     """Largest absolute difference between PyTorch and onnxruntime logits on one random pair."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: an optional extra (changeseg[export]), only for this check
 
     model = unwrap(model)
     g = torch.Generator().manual_seed(seed)

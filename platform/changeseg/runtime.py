@@ -19,6 +19,8 @@ import socket
 import threading
 import warnings
 
+import ray
+
 from changeseg.config import Config
 
 __all__ = ["free_port", "init_ray", "local_num_cpus", "quiet_ray_loggers"]
@@ -91,8 +93,6 @@ def local_num_cpus(cfg: Config) -> int:
 def init_ray(cfg: Config) -> None:
     """Attach to ``ray.address`` / ``$RAY_ADDRESS`` (``auto`` finds a local ``ray start``),
     else start a private local instance."""
-    import ray
-
     if ray.is_initialized():
         return
     quiet_ray_loggers()

@@ -121,3 +121,41 @@ def test_torch_free_modules(module):
     code = f"import {module}, sys; assert 'torch' not in sys.modules, 'torch loaded'"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# Being changed elsewhere; their function-local imports are reviewed there (pending).
+PENDING_LOCAL_IMPORTS = {"models", "config.py", "data/raster.py", "inference/scene.py", "data/transforms.py",
+                         "serving/inputs.py"}
+
+
+def _pending(path: Path) -> bool:
+    relative = path.relative_to(PACKAGE).as_posix()
+    return any(relative == p or relative.startswith(p + "/") for p in PENDING_LOCAL_IMPORTS)
+
+
+def _uncommented_local_imports(path: Path) -> list[str]:
+    """Imports inside functions with no comment saying why: on their line, on the line
+    before, or (a run of imports) on the line before the run."""
+    lines = path.read_text().splitlines()
+    tree = ast.parse("\n".join(lines))
+    local = sorted(
+        {node for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+         for node in ast.walk(fn) if isinstance(node, (ast.Import, ast.ImportFrom))},
+        key=lambda node: node.lineno,
+    )
+    explained: dict[int, bool] = {}  # last line of an import -> it is explained
+    bad = []
+    for node in local:
+        own = any("#" in lines[i - 1] for i in range(node.lineno, node.end_lineno + 1))
+        above = node.lineno - 1
+        ok = own or explained.get(above, False) or (above >= 1 and lines[above - 1].strip().startswith("#"))
+        explained[node.end_lineno] = ok
+        if not ok:
+            bad.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    return bad
+
+
+def test_function_local_imports_say_why():
+    bad = [line for path in sorted(PACKAGE.rglob("*.py")) if not _pending(path)
+           for line in _uncommented_local_imports(path)]
+    assert not bad, "import at module level, or say why it is lazy in a comment:\n" + "\n".join(bad)

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from changeseg.evaluation.classical import cva_otsu
-
-if TYPE_CHECKING:
-    from changeseg.inference.predictor import Predictor
+from changeseg.inference.predictor import Predictor
 
 __all__ = ["Method", "model_method", "cva_method", "load_methods"]
 
@@ -48,8 +46,6 @@ def model_method(
     """A network as a :class:`Method` through the inference core: argmax of the class
     probabilities, pairs larger than ``tile_size`` predicted in overlapping windows (see
     :mod:`changeseg.inference.tiling`). A :class:`Predictor` is used with its own settings."""
-    from changeseg.inference.predictor import Predictor
-
     if isinstance(model, Predictor):
         predictor = model
     else:
@@ -83,8 +79,6 @@ def load_methods(cfg: Any, model_uri: str, baseline_uris: Sequence[str]) -> tupl
     Baselines are named after their architecture (``fc_siam_diff``), with a numeric suffix
     when two share one; a baseline with another class count than the model is refused.
     """
-    from changeseg.inference.predictor import Predictor
-
     tracking_uri = cfg.resolved_tracking_uri()
 
     def load(uri: str) -> Predictor:

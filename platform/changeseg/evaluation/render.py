@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from changeseg.evaluation.curves import pr_curves_html
 from changeseg.evaluation.methods import Method
 from changeseg.evaluation.scoring import EvaluationResult
+from changeseg.inference.naming import pair_file_name
+from changeseg.viz import _label, branch_panel_for, error_map, overlay_panel
 
 __all__ = ["MAX_PANEL_WIDTH", "draw_pair", "write_report"]
 
@@ -22,31 +25,23 @@ MAX_PANEL_WIDTH = 1600
 
 def _safe_name(pair_id: str) -> str:
     """Image file stem and HTML anchor of a pair: the project's one id-to-file-name rule."""
-    from changeseg.inference.naming import pair_file_name
-
     return pair_file_name(pair_id, flat=True)
 
 
 def _shrink(panel: np.ndarray) -> np.ndarray:
     if panel.shape[1] <= MAX_PANEL_WIDTH:
         return panel
-    from PIL import Image
-
     scale = MAX_PANEL_WIDTH / panel.shape[1]
     size = (MAX_PANEL_WIDTH, max(1, round(panel.shape[0] * scale)))
     return np.asarray(Image.fromarray(panel).resize(size, Image.BILINEAR))
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
     Image.fromarray(_shrink(array)).save(path, optimize=False, compress_level=3)
 
 
 def _error_strip(t1: np.ndarray, truth: np.ndarray, predictions: dict[str, np.ndarray]) -> np.ndarray:
     """One labelled error map per method (hits green, false alarms red, misses blue)."""
-    from changeseg.viz import _label, error_map
-
     tiles = [_label(error_map(t1, pred, truth), name) for name, pred in predictions.items()]
     gutter = np.full((tiles[0].shape[0], 4, 3), 255, dtype=np.uint8)
     parts: list[np.ndarray] = []
@@ -67,8 +62,6 @@ def draw_pair(
     branch_pair: tuple[np.ndarray, np.ndarray],
 ) -> dict[str, str]:
     """Overlay, error maps and (MTF models) branch maps of one pair; their paths in the report."""
-    from changeseg.viz import branch_panel_for, overlay_panel
-
     stem = _safe_name(pid)
     out: dict[str, str] = {}
     _save_png(overlay_panel(t0, t1, predictions[main.name], truth), images_dir / f"{stem}_overlay.png")

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from changeseg.data.pairs import load_pair
+from changeseg.data.pipeline import load_options
 from changeseg.evaluation.methods import Method, cva_method, load_methods, model_method
 from changeseg.evaluation.render import draw_pair, write_report
 from changeseg.evaluation.scoring import (
@@ -37,6 +38,7 @@ from changeseg.evaluation.scoring import (
     predict_pair,
     swap_consistency,
 )
+from changeseg.inference.input_records import load_input_records
 from changeseg.progress import Progress
 
 __all__ = ["Method", "EvaluationResult", "model_method", "cva_method", "pair_counts", "swap_consistency",
@@ -178,9 +180,6 @@ def evaluate(
     CVA + Otsu is always included for binary models. Baselines are named after their
     architecture (``fc_siam_diff``), with a numeric suffix when two share one.
     """
-    from changeseg.data.pipeline import load_options
-    from changeseg.inference.score import load_input_records
-
     main, methods, num_classes = load_methods(cfg, model_uri, baseline_uris)
     records, problems = load_input_records(input_uri, cfg, split=split)
     if not records:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,11 +19,9 @@ from torch import nn
 
 from changeseg.evaluation.curves import curve_summary
 from changeseg.evaluation.methods import Method
+from changeseg.inference.predictor import Predictor
 from changeseg.metrics import ChangeMetrics
 from changeseg.thresholds import ThresholdCurve
-
-if TYPE_CHECKING:
-    from changeseg.inference.predictor import Predictor
 
 __all__ = ["EvaluationResult", "MethodScore", "PairFailed", "branch_symmetry", "central_window", "pair_counts",
            "pooled", "predict_pair", "swap_consistency"]
@@ -78,8 +76,6 @@ def branch_symmetry(model: "nn.Module | Predictor", t0: np.ndarray, t1: np.ndarr
     modes with one shared appear/disappear conv do by construction). None when the model
     has no appear and disappear branches.
     """
-    from changeseg.inference.predictor import Predictor
-
     if not hasattr(getattr(model, "model", model), "forward_with_branches"):
         return None
     predictor = model if isinstance(model, Predictor) else Predictor(model, device=next(model.parameters()).device)

@@ -41,6 +41,7 @@ def tiled_profile(src: Any, *, dtype: str, nodata: float | None, count: int = 1)
 
 def to_cog(tmp_path: str | Path, dst_path: str | Path, *, resampling: str = "nearest") -> None:
     """Convert a tiled GeoTIFF into a COG: 512-px tiles, deflate, internal overviews."""
+    # Lazy: GDAL (see the imports above).
     import rasterio
     import rasterio.shutil
 
@@ -69,7 +70,7 @@ class RegionWriter:
     largest: list = field(default_factory=list)  # heap of (pixels, n, region summary)
 
     def __post_init__(self) -> None:
-        from pyproj import CRS, Geod, Transformer
+        from pyproj import CRS, Geod, Transformer  # lazy: GDAL stack (see the imports above)
 
         source = CRS.from_user_input(self.src_crs.to_wkt()) if self.src_crs is not None else None
         target = CRS.from_user_input(self.crs) if self.crs else source
@@ -87,6 +88,7 @@ class RegionWriter:
 
     def feature(self, piece: _Piece) -> dict | None:
         """The GeoJSON feature of one region, or None when it is below ``min_area``."""
+        # Lazy: GDAL stack (see the imports above).
         from shapely import affinity
         from shapely.geometry import mapping
 
@@ -131,6 +133,7 @@ class RegionWriter:
 
 def _block_pieces(mask: np.ndarray, x: int, y: int, *, inner: tuple[bool, bool, bool, bool]) -> Iterator[tuple[_Piece, bool]]:
     """(piece, touches an inner block border) for every changed region of one block."""
+    # Lazy: GDAL (see the imports above).
     from rasterio import features
     from rasterio.transform import Affine
     from shapely.geometry import shape
@@ -150,6 +153,7 @@ def _block_pieces(mask: np.ndarray, x: int, y: int, *, inner: tuple[bool, bool, 
 def write_regions(mask_path: str | Path, out_path: str | Path, *, crs: str | None = None, simplify: float = 0.0,
                   min_area: int = 1, max_regions: int = 100, block: int = 4096) -> RegionWriter:
     """Polygons of the changed regions of a class-mask raster into a GeoJSON file (streamed)."""
+    # Lazy: GDAL (see the imports above).
     import rasterio
     from rasterio.windows import Window
     from shapely.ops import unary_union
@@ -190,7 +194,7 @@ def write_regions(mask_path: str | Path, out_path: str | Path, *, crs: str | Non
 
 def _apply(transform, geom):
     """A geometry with every coordinate pair passed through a pyproj ``transform(x, y)``."""
-    import shapely
+    import shapely  # lazy: GDAL stack (see the imports above)
 
     return shapely.transform(geom, lambda xy: np.column_stack(transform(xy[:, 0], xy[:, 1])))
 

@@ -24,10 +24,9 @@ import ray.data
 
 from changeseg import storage
 from changeseg.config import Config
-from changeseg.data.layouts import scan_dataset
 from changeseg.data.pipeline import load_options, source_dataset
 from changeseg.data.records import PairRecord
-from changeseg.inference.naming import UnsafePairId, check_pair_id
+from changeseg.inference.input_records import load_input_records
 from changeseg.inference.score_actor import Decode, Scorer
 from changeseg.inference.score_results import (
     RESULT_SCHEMA,
@@ -68,33 +67,6 @@ class ScoreSummary:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-
-def load_input_records(input_uri: str, cfg: Config, *, split: str | None = None) -> tuple[list[PairRecord], list[tuple[str, str]]]:
-    """Records of a manifest, shards or a dataset layout at any URI, plus incomplete pairs."""
-    scan = scan_dataset(
-        input_uri,
-        layout=cfg.data.layout,
-        split=split or "test",
-        fold=cfg.data.fold,
-        num_classes=cfg.model.resolved_num_classes(),
-        require_masks=False,
-        storage_options=cfg.storage,
-    )
-    records, problems = [], list(scan.problems)
-    for record in scan.records:
-        if split is not None and record.split != split:
-            continue
-        try:
-            check_pair_id(record.pair_id)
-            records.append(record)
-        except UnsafePairId as err:  # ids name output files: never let one escape the output folder
-            problems.append((str(record.pair_id), str(err)))
-    seen: set[str] = set()
-    duplicated = sorted({r.pair_id for r in records if r.pair_id in seen or seen.add(r.pair_id)})
-    if duplicated:
-        raise ValueError(f"{input_uri}: pair ids must be unique, repeated: {', '.join(duplicated[:5])}")
-    return records, problems
 
 
 def checkpoint_bytes(model_uri: str, cfg: Config) -> tuple[dict, dict]:

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.exceptions import BackPressureError
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from changeseg.config import build_config
@@ -147,7 +148,9 @@ class ChangeAPI:
     """HTTP ingress: validation, version resolution, post-processing."""
 
     def __init__(self, model, config: dict[str, Any]):
-        from changeseg.serving.catalog import ModelCatalog
+        from changeseg.serving.catalog import (
+            ModelCatalog,  # lazy: MLflow takes seconds; only a running ingress needs it
+        )
 
         self.cfg = build_config(config)
         self.settings = self.cfg.serve
@@ -267,8 +270,6 @@ class ChangeAPI:
         raise RequestError(415, "unsupported_media_type", "send multipart/form-data (fields t0, t1) or application/json")
 
     async def _parse_multipart(self, request: Request, body: bytes) -> _Fields:
-        from starlette.datastructures import UploadFile
-
         async def replay():
             return {"type": "http.request", "body": body, "more_body": False}
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import base64
 import copy
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
+from ray import serve
+from ray.serve._private.api import serve_start
+from ray.serve.schema import ServeDeploySchema
 
 from changeseg.data.decode import encode_png
 from changeseg.runtime import free_port, init_ray
@@ -57,9 +61,6 @@ def deploy(config: dict[str, Any], *, timeout_s: float = 120.0, wait: bool = Tru
     """Start Serve with the file's HTTP options (if not running) and apply the file;
     with ``wait``, block until the application runs. Returns the base URL. ``log_level``:
     Serve's own console logging (controller, proxy, replicas' access lines)."""
-    from ray.serve._private.api import serve_start
-    from ray.serve.schema import ServeDeploySchema
-
     config = copy.deepcopy(config)
     for app in config.get("applications", []):
         if app.get("import_path") == CHECKOUT_IMPORT_PATH:
@@ -79,8 +80,6 @@ def deploy(config: dict[str, Any], *, timeout_s: float = 120.0, wait: bool = Tru
 
 def wait_running(names: set[str], *, timeout_s: float = 120.0) -> None:
     """Block until every named application is RUNNING; raise if one fails to deploy."""
-    from ray import serve
-
     deadline = time.monotonic() + timeout_s
     while True:
         apps = serve.status().applications
@@ -96,8 +95,6 @@ def wait_running(names: set[str], *, timeout_s: float = 120.0) -> None:
 
 
 def shutdown() -> None:
-    from ray import serve
-
     serve.shutdown()
 
 
@@ -110,8 +107,6 @@ def run_server(cfg, *, config_path: str | Path = DEFAULT_CONFIG, port: int | Non
     """Serve serve/config.yaml until interrupted (Ctrl-C or SIGTERM), on a private Ray
     instance with token authentication and no dashboard unless ``ray.dashboard`` (or on
     the cluster of ``ray.address``). ``stop`` is polled once a second, for tests."""
-    import signal
-
     init_ray(cfg)
     signal.signal(signal.SIGTERM, _interrupt)  # a container stop ends Serve cleanly too
     try:
@@ -130,7 +125,7 @@ def serve_one_request(cfg, *, t0, t1, tracking_uri: str | None = None, config_pa
     """Serve ``cfg``'s registered model (its alias) from serve/config.yaml on a free
     loopback port, send it one pair over HTTP, shut Serve down; returns the answer
     without the PNGs, plus the round-trip time."""
-    import requests  # lazy like the rest of this module's clients: only the demo sends a request
+    import requests  # lazy: only the demo sends a request
 
     port = free_port()
     tracking = {

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from ray import serve
 
 from changeseg.config import build_config
@@ -66,8 +67,6 @@ class ChangeModel:
     """Registry versions loaded on demand, batched forward passes."""
 
     def __init__(self, config: dict[str, Any]):
-        import torch
-
         cfg = build_config(config)
         self.settings = settings = cfg.serve
         self.tracking_uri = cfg.resolved_tracking_uri()
@@ -79,6 +78,7 @@ class ChangeModel:
                        batch_size=settings.max_batch_size, max_batch_pixels=settings.max_batch_pixels)
 
         async def load(model_id: str):
+            # Lazy: the model stack (torchvision, timm) loads in model replicas only.
             from changeseg.inference import Predictor
 
             uri = f"models:/{self.name}/{model_id}"
