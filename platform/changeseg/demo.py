@@ -11,13 +11,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from changeseg.config import load_config
+from changeseg.config import Config, load_config
 from changeseg.data.synthetic import make_pair, pair_seed, write_folder
 from changeseg.inference.predictor import Predictor
 from changeseg.inference.score import batch_score
 from changeseg.metrics import ChangeMetrics
 from changeseg.serving.local import serve_one_request
-from changeseg.training.trainer import finetune
+from changeseg.training.trainer import FinetuneResult, finetune
 from changeseg.viz import overlay_panel
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,28 @@ def run_demo(*, config_path: str | None, overrides: list[str], output: str | Pat
     result = finetune(cfg)
     model_uri = result.registered.get("model_uri") or result.checkpoint_path
     predictor = Predictor.from_uri(model_uri, tracking_uri=result.tracking_uri, storage_options=cfg.storage)
+    test_metrics, overlay_paths = predict_held_out(cfg, predictor=predictor, output=output, test_pairs=test_pairs,
+                                                   overlays=overlays)
+    summary = {
+        "finetune": dataclasses.asdict(result),
+        "model_uri": model_uri,
+        "held_out": {"pairs": test_pairs, "seed_offset": TEST_SEED_OFFSET, **test_metrics},
+        "overlays": overlay_paths,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if result.registered:
+        score_and_serve(cfg, result=result, output=output, test_pairs=test_pairs, summary=summary, started=started)
+    summary_path = output / "summary.json"
+    summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    print("\n".join(report_lines(cfg, result=result, summary=summary, test_pairs=test_pairs, output=output,
+                                 summary_path=summary_path)))
+    return summary
 
+
+def predict_held_out(
+    cfg: Config, *, predictor: Predictor, output: Path, test_pairs: int, overlays: int
+) -> tuple[dict[str, float], list[str]]:
+    """Metrics on ``test_pairs`` new synthetic pairs, and the first ``overlays`` drawn."""
     metrics = ChangeMetrics(num_classes=cfg.model.resolved_num_classes())
     syn = cfg.data.synthetic
     overlay_paths = []
@@ -48,32 +69,36 @@ def run_demo(*, config_path: str | None, overrides: list[str], output: str | Pat
             path = output / "overlays" / f"test_{i:03d}.png"
             Image.fromarray(overlay_panel(pair.t0, pair.t1, pred, pair.mask)).save(path)
             overlay_paths.append(str(path))
-    test_metrics = metrics.compute()
+    return metrics.compute(), overlay_paths
 
-    summary = {
-        "finetune": dataclasses.asdict(result),
-        "model_uri": model_uri,
-        "held_out": {"pairs": test_pairs, "seed_offset": TEST_SEED_OFFSET, **test_metrics},
-        "overlays": overlay_paths,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    if result.registered:
-        # Batch-score the held-out pairs, written as an archive, with the registered champion.
-        archive = output / "held_out_archive"
-        if not (archive / "mask").is_dir() or len(list((archive / "mask").glob("*.png"))) != test_pairs:
-            write_folder(archive, count=test_pairs, seed=syn.seed + TEST_SEED_OFFSET, size=syn.size)
-        champion = f"models:/{cfg.tracking.registered_model}@{cfg.tracking.alias}"
-        scored = batch_score(cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"tracking_uri": result.tracking_uri})}),
-                             model_uri=champion, input_uri=str(archive), output_uri=str(output / "batch_scores"))
-        summary["batch_scored"] = dataclasses.asdict(scored)
-        summary["seconds"] = round(time.perf_counter() - started, 1)
 
-        # Serve the champion over HTTP, send it one held-out pair, then stop Serve.
-        pair = make_pair(seed=pair_seed(syn.seed + TEST_SEED_OFFSET, 0), size=syn.size)
-        summary["served"] = serve_one_request(cfg, tracking_uri=result.tracking_uri, t0=pair.t0, t1=pair.t1)
-        summary["seconds"] = round(time.perf_counter() - started, 1)
-    summary_path = output / "summary.json"
-    summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+def score_and_serve(
+    cfg: Config, *, result: FinetuneResult, output: Path, test_pairs: int, summary: dict, started: float
+) -> None:
+    """Batch-score the held-out pairs with the registered champion, then serve it one pair;
+    both land in ``summary``."""
+    syn = cfg.data.synthetic
+    # Batch-score the held-out pairs, written as an archive, with the registered champion.
+    archive = output / "held_out_archive"
+    if not (archive / "mask").is_dir() or len(list((archive / "mask").glob("*.png"))) != test_pairs:
+        write_folder(archive, count=test_pairs, seed=syn.seed + TEST_SEED_OFFSET, size=syn.size)
+    champion = f"models:/{cfg.tracking.registered_model}@{cfg.tracking.alias}"
+    scored = batch_score(cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"tracking_uri": result.tracking_uri})}),
+                         model_uri=champion, input_uri=str(archive), output_uri=str(output / "batch_scores"))
+    summary["batch_scored"] = dataclasses.asdict(scored)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+
+    # Serve the champion over HTTP, send it one held-out pair, then stop Serve.
+    pair = make_pair(seed=pair_seed(syn.seed + TEST_SEED_OFFSET, 0), size=syn.size)
+    summary["served"] = serve_one_request(cfg, tracking_uri=result.tracking_uri, t0=pair.t0, t1=pair.t1)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+
+
+def report_lines(
+    cfg: Config, *, result: FinetuneResult, summary: dict, test_pairs: int, output: Path, summary_path: Path
+) -> list[str]:
+    """The console report of a finished demo."""
+    test_metrics = summary["held_out"]
     reg = result.registered
     lines = [
         "",
@@ -106,5 +131,4 @@ def run_demo(*, config_path: str | None, overrides: list[str], output: str | Pat
         model, found = served["model"], served["summary"]
         lines.insert(-2, f"  serving      POST {served['url']}: {model['name']} v{model['version']} (@{model['requested']}) found "
                      f"{found['changed_fraction']:.1%} changed in {found['regions_total']} regions, {served['round_trip_ms']:.0f} ms; Serve shut down")
-    print("\n".join(lines))
-    return summary
+    return lines

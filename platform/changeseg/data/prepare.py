@@ -11,7 +11,8 @@ from changeseg import storage
 from changeseg.config import StorageSection
 from changeseg.data.layouts import scan_dataset
 from changeseg.data.manifest import write_manifest
-from changeseg.data.packing import pack_shards
+from changeseg.data.packing import PackResult, pack_shards
+from changeseg.data.records import PairRecord
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +64,9 @@ def prepare_dataset(
     records = scan.records
     written: list[str] = []
     if shards:
-        if storage.is_dir(shards, storage_options) and storage.list_files(shards, storage_options):
-            # Old shards beside new ones would be read as one dataset.
-            raise FileExistsError(f"shards folder is not empty: {shards}")
         check = {"mask_values": mask_values, "num_classes": num_classes} if validate else None
-        packed = pack_shards(records, shards, storage_options=storage_options, pairs_per_shard=pairs_per_shard, validate=check)
-        if strict and packed.bad:
-            raise ValueError(
-                f"{len(packed.bad)} bad pair(s) in {source} (shards already written to {shards}): "
-                + "; ".join(f"{p}: {r}" for p, r in packed.bad[:10])
-            )
+        packed = write_shards(records, shards, source=source, pairs_per_shard=pairs_per_shard, validate=check,
+                              strict=strict, storage_options=storage_options)
         skipped += packed.bad
         bad = {pid for pid, _ in packed.bad}
         records = [r for r in records if r.pair_id not in bad]
@@ -91,3 +85,26 @@ def prepare_dataset(
         skipped=skipped,
         seconds=round(time.perf_counter() - started, 3),
     )
+
+
+def write_shards(
+    records: list[PairRecord],
+    shards: str,
+    *,
+    source: str,
+    pairs_per_shard: int,
+    validate: dict | None,
+    strict: bool,
+    storage_options: StorageSection | None,
+) -> PackResult:
+    """Pack ``records`` into the empty (or new) folder ``shards``; ``strict``: a bad pair is an error."""
+    if storage.is_dir(shards, storage_options) and storage.list_files(shards, storage_options):
+        # Old shards beside new ones would be read as one dataset.
+        raise FileExistsError(f"shards folder is not empty: {shards}")
+    packed = pack_shards(records, shards, storage_options=storage_options, pairs_per_shard=pairs_per_shard, validate=validate)
+    if strict and packed.bad:
+        raise ValueError(
+            f"{len(packed.bad)} bad pair(s) in {source} (shards already written to {shards}): "
+            + "; ".join(f"{p}: {r}" for p, r in packed.bad[:10])
+        )
+    return packed

@@ -218,6 +218,83 @@ def _place(
     return None
 
 
+def _draw_events(
+    rng: np.random.Generator, *, num_objects: tuple[int, int], change_probability: float, no_change_fraction: float
+) -> list[Event]:
+    """Each object's event; a pair with change has at least one changed object."""
+    has_change = rng.random() >= no_change_fraction
+    n = int(rng.integers(num_objects[0], num_objects[1] + 1))
+    events: list[Event] = [
+        _CHANGE_EVENTS[int(rng.integers(3))] if has_change and rng.random() < change_probability else "static"
+        for _ in range(n)
+    ]
+    if has_change and n and all(e == "static" for e in events):
+        events[int(rng.integers(n))] = _CHANGE_EVENTS[int(rng.integers(3))]
+    return events
+
+
+def _paint_objects(
+    rng: np.random.Generator,
+    events: list[Event],
+    *,
+    half: tuple[float, float],
+    base: np.ndarray,
+    frame: tuple[int, int],
+    margin: int,
+    scenes: tuple[np.ndarray, np.ndarray],
+    change_mask: np.ndarray,
+) -> tuple[list[str], list[str]]:
+    """Place and paint one object per event into the scenes (and changed ones into
+    ``change_mask``); returns the events and shapes of the objects that fitted."""
+    scene0, scene1 = scenes
+    placed: list[tuple[float, float, float]] = []
+    kept_events: list[str] = []
+    kept_shapes: list[str] = []
+    for event in events:
+        kind = _SHAPES[int(rng.integers(3))]
+        first = _random_shape(rng, kind=kind, half=half, colour=_distinct_colour(rng, base))
+        second = None
+        if event == "exchange":
+            new_kind = _SHAPES[(_SHAPES.index(kind) + int(rng.integers(1, 3))) % 3] if rng.random() < 0.5 else kind
+            colour = _distinct_colour(rng, np.vstack([base, first.colour]))
+            second = _random_shape(rng, kind=new_kind, half=half, colour=colour)
+        radius = max(first.radius, second.radius if second else 0.0)
+        centre = _place(rng, radius=radius, frame=frame, margin=margin, placed=placed)
+        if centre is None:
+            continue
+        placed.append((*centre, radius))
+        kept_events.append(event)
+        kept_shapes.append(kind)
+        first = replace(first, cy=centre[0], cx=centre[1])
+        if event == "static":
+            _paint(first, [scene0, scene1], None, rng)
+        elif event == "appear":
+            _paint(first, [scene1], change_mask, rng)
+        elif event == "disappear":
+            _paint(first, [scene0], change_mask, rng)
+        else:
+            assert second is not None
+            _paint(first, [scene0], change_mask, rng)
+            _paint(replace(second, cy=centre[0], cx=centre[1]), [scene1], change_mask, rng)
+    return kept_events, kept_shapes
+
+
+def _lighting(
+    rng: np.random.Generator, *, frame: tuple[int, int], gain_deviation: tuple[float, float], offset: float,
+    shading: float, shadows: tuple[int, int], shadow_depth: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """t1's illumination change: per-channel gain and offset, a shading ramp and shadows."""
+    h, w = frame
+    lo, hi = gain_deviation
+    gain = 1.0 + rng.choice([-1.0, 1.0], size=3) * rng.uniform(lo, hi, size=3)
+    bias = rng.uniform(-offset, offset, size=3)
+    direction = rng.uniform(0, 2 * math.pi)
+    ramp_y, ramp_x = np.linspace(-1, 1, h)[:, None], np.linspace(-1, 1, w)[None, :]
+    ramp = 1.0 + rng.uniform(0, shading) * (math.sin(direction) * ramp_y + math.cos(direction) * ramp_x)
+    light = ramp[..., None] * _shadows(rng, (h, w), count=shadows, depth=shadow_depth)
+    return gain, bias, light
+
+
 def make_pair(
     *,
     seed: int,
@@ -255,57 +332,18 @@ def make_pair(
     change_mask = np.zeros(canvas_shape, dtype=bool)
 
     half = (object_size[0] * min(h, w), object_size[1] * min(h, w))
-    has_change = rng.random() >= no_change_fraction
-    n = int(rng.integers(num_objects[0], num_objects[1] + 1))
-    events: list[Event] = [
-        _CHANGE_EVENTS[int(rng.integers(3))] if has_change and rng.random() < change_probability else "static"
-        for _ in range(n)
-    ]
-    if has_change and n and all(e == "static" for e in events):
-        events[int(rng.integers(n))] = _CHANGE_EVENTS[int(rng.integers(3))]
-
-    placed: list[tuple[float, float, float]] = []
-    kept_events: list[str] = []
-    kept_shapes: list[str] = []
-    for event in events:
-        kind = _SHAPES[int(rng.integers(3))]
-        first = _random_shape(rng, kind=kind, half=half, colour=_distinct_colour(rng, base))
-        second = None
-        if event == "exchange":
-            new_kind = _SHAPES[(_SHAPES.index(kind) + int(rng.integers(1, 3))) % 3] if rng.random() < 0.5 else kind
-            colour = _distinct_colour(rng, np.vstack([base, first.colour]))
-            second = _random_shape(rng, kind=new_kind, half=half, colour=colour)
-        radius = max(first.radius, second.radius if second else 0.0)
-        centre = _place(rng, radius=radius, frame=(h, w), margin=m, placed=placed)
-        if centre is None:
-            continue
-        placed.append((*centre, radius))
-        kept_events.append(event)
-        kept_shapes.append(kind)
-        first = replace(first, cy=centre[0], cx=centre[1])
-        if event == "static":
-            _paint(first, [scene0, scene1], None, rng)
-        elif event == "appear":
-            _paint(first, [scene1], change_mask, rng)
-        elif event == "disappear":
-            _paint(first, [scene0], change_mask, rng)
-        else:
-            assert second is not None
-            _paint(first, [scene0], change_mask, rng)
-            _paint(replace(second, cy=centre[0], cx=centre[1]), [scene1], change_mask, rng)
+    events = _draw_events(rng, num_objects=num_objects, change_probability=change_probability,
+                          no_change_fraction=no_change_fraction)
+    kept_events, kept_shapes = _paint_objects(rng, events, half=half, base=base, frame=(h, w), margin=m,
+                                              scenes=(scene0, scene1), change_mask=change_mask)
 
     dy, dx = (int(v) for v in rng.integers(-m, m + 1, size=2))
     t0 = scene0[m : m + h, m : m + w]
     t1 = scene1[m + dy : m + dy + h, m + dx : m + dx + w]
     mask = change_mask[m : m + h, m : m + w].astype(np.uint8)
 
-    lo, hi = gain_deviation
-    gain = 1.0 + rng.choice([-1.0, 1.0], size=3) * rng.uniform(lo, hi, size=3)
-    bias = rng.uniform(-offset, offset, size=3)
-    direction = rng.uniform(0, 2 * math.pi)
-    ramp_y, ramp_x = np.linspace(-1, 1, h)[:, None], np.linspace(-1, 1, w)[None, :]
-    ramp = 1.0 + rng.uniform(0, shading) * (math.sin(direction) * ramp_y + math.cos(direction) * ramp_x)
-    light = ramp[..., None] * _shadows(rng, (h, w), count=shadows, depth=shadow_depth)
+    gain, bias, light = _lighting(rng, frame=(h, w), gain_deviation=gain_deviation, offset=offset, shading=shading,
+                                  shadows=shadows, shadow_depth=shadow_depth)
     t1 = t1 * gain * light + bias
 
     noise0, noise1 = rng.uniform(*noise_std, size=2)
