@@ -164,17 +164,31 @@ def branch_panel(
     rows: list[list[tuple[np.ndarray, str | None]]] = [
         [(t0, "t0"), (t1, "t1"), (blend(t1, prediction != 0, CHANGE_COLOUR), "prediction")]
     ]
-    for scale in branches:
-        row = []
-        for name in _ordered(list(scale)):
-            act: Any = scale[name]
-            if act.ndim == 4:
-                act = act[index]
-            stride = _stride(h, act.shape[-2])
-            tile = heat_colours(branch_map(act, (h, w), reduce=reduce))
-            row.append((tile, f"{name} 1/{stride}"))
-        rows.append(row)
+    rows += [_branch_row(scale, size=(h, w), index=index, reduce=reduce) for scale in branches]
+    return _grid(rows, size=(h, w), labels=labels, gutter=gutter)
 
+
+def _branch_row(
+    scale: Mapping[str, torch.Tensor | np.ndarray], *, size: tuple[int, int], index: int, reduce: str
+) -> list[tuple[np.ndarray, str | None]]:
+    """One fused scale's branch maps as labelled heat tiles of ``size``."""
+    h, w = size
+    row: list[tuple[np.ndarray, str | None]] = []
+    for name in _ordered(list(scale)):
+        act: Any = scale[name]
+        if act.ndim == 4:
+            act = act[index]
+        stride = _stride(h, act.shape[-2])
+        tile = heat_colours(branch_map(act, (h, w), reduce=reduce))
+        row.append((tile, f"{name} 1/{stride}"))
+    return row
+
+
+def _grid(
+    rows: list[list[tuple[np.ndarray, str | None]]], *, size: tuple[int, int], labels: bool, gutter: int
+) -> np.ndarray:
+    """Tiles of ``size`` in rows (short rows padded white), white gutters between them."""
+    h, w = size
     cols = max(len(r) for r in rows)
     tile_h = h + (LABEL_HEIGHT if labels else 0)
     blank = np.full((tile_h, w, 3), 255, dtype=np.uint8)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from changeseg.data.transforms import augment_pair
 from changeseg.devices import resolve_device
 from changeseg.progress import Progress
 from changeseg.training.calibration import curve_for, operating_point_for
-from changeseg.training.engine import build_engine, train_one_epoch, validate
+from changeseg.training.engine import Engine, build_engine, train_one_epoch, validate
 from changeseg.training.losses import class_weights_for, count_mask_pixels
 
 __all__ = ["LocalFit", "fit_local"]
@@ -62,6 +63,29 @@ def _batches(samples: list[dict], order: np.ndarray, *, batch_size: int, rng, au
         yield {key: np.stack([b[key] for b in batch]) for key in ("t0", "t1", "mask")}
 
 
+def _steps_per_epoch(cfg: Config, *, pairs: int, batch_size: int) -> int:
+    """Steps per epoch; an error when the pairs cannot fill one batch."""
+    steps = pairs * cfg.data.repeat // batch_size
+    if steps == 0:
+        raise ValueError(
+            f"{pairs} pair(s) x data.repeat {cfg.data.repeat} cannot fill one batch of {batch_size}: "
+            "raise data.repeat or lower train.batch_size"
+        )
+    return steps
+
+
+def _calibrate(
+    cfg: Config, *, engine: Engine, records: Sequence[PairRecord], progress: Callable[[str], None] | None
+) -> dict[str, Any] | None:
+    """The operating point chosen on ``records`` (None when the config or the data allow none)."""
+    curve = curve_for(cfg)
+    validate(engine, _decode(cfg, records), curve=curve)
+    point = operating_point_for(cfg, curve)
+    if progress is not None and point is not None:
+        progress(f"operating point: threshold {point['threshold']:.3f} ({point['method']})")
+    return point
+
+
 def fit_local(
     cfg: Config,
     records: Sequence[PairRecord],
@@ -80,12 +104,7 @@ def fit_local(
     rng = np.random.default_rng(cfg.run.seed)
     samples = _decode(cfg, records)
     batch_size = cfg.train.batch_size * cfg.train.num_workers
-    steps_per_epoch = len(samples) * cfg.data.repeat // batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"{len(samples)} pair(s) x data.repeat {cfg.data.repeat} cannot fill one batch of {batch_size}: "
-            "raise data.repeat or lower train.batch_size"
-        )
+    steps_per_epoch = _steps_per_epoch(cfg, pairs=len(samples), batch_size=batch_size)
     weights = class_weights_for(
         cfg, lambda: count_mask_pixels([s["mask"] for s in samples], ignore_index=cfg.data.ignore_index)
     )
@@ -115,13 +134,7 @@ def fit_local(
     if progress is not None:
         progress(f"trained {done} steps in {seconds:.0f} s, last epoch loss {losses[-1]:.4f}"
                  + (f", {skipped} step(s) skipped (no labelled pixels or a non-finite loss)" if skipped else ""))
-    point = None
-    if calibration_records:
-        curve = curve_for(cfg)
-        validate(engine, _decode(cfg, calibration_records), curve=curve)
-        point = operating_point_for(cfg, curve)
-        if progress is not None and point is not None:
-            progress(f"operating point: threshold {point['threshold']:.3f} ({point['method']})")
+    point = _calibrate(cfg, engine=engine, records=calibration_records, progress=progress) if calibration_records else None
     model = engine.bare_model.eval()
     return LocalFit(model=model, steps=done, seconds=seconds, class_weights=weights, losses=losses,
                     skipped_steps=skipped, operating_point=point)
