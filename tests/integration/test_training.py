@@ -12,7 +12,7 @@ import pytest
 from helpers import write_pair_folder
 from mlflow import MlflowClient
 
-from changeseg.cli import finetune_main
+from changeseg.cli import finetune_main, pretrain_main
 from changeseg.config import build_config
 from changeseg.data.pipeline import count_change_pixels, pair_dataset, plan_datasets
 from changeseg.data.records import scan_folder
@@ -149,3 +149,13 @@ def test_training_data_is_reshuffled_every_epoch_and_split_disjointly(ray_local,
     assert per_rank[0][0] != per_rank[0][1]  # a fresh order each epoch
     # Not the sorted order of the records: batches are not runs of neighbouring pairs.
     assert per_rank[0][0] != sorted(per_rank[0][0])
+
+
+def test_pretrain_command_needs_two_images_and_one_source(tmp_path, capsys):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.png").write_bytes(b"")
+    overrides = [f"run.storage_path={tmp_path / 'runs'}"]
+    assert pretrain_main(["--images", str(tmp_path / "img"), *overrides]) == 2
+    assert "at least 2 images, found 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pretrain_main(["--images", str(tmp_path / "img"), "--pairs", str(tmp_path)])

@@ -14,7 +14,7 @@ import numpy as np
 
 from changeseg.config import Config
 from changeseg.data.changesynth import images_of_pairs, write_pairs, write_synthetic_pairs
-from changeseg.data.decode import load_pair
+from changeseg.data.pairs import load_pair
 from changeseg.data.pipeline import load_options
 from changeseg.data.records import PairRecord
 
