@@ -13,6 +13,7 @@ import numpy as np
 from changeseg.evaluation.curves import pr_curves_html
 from changeseg.evaluation.methods import Method
 from changeseg.evaluation.scoring import EvaluationResult
+from changeseg.models.contract import supports_branches
 
 __all__ = ["MAX_PANEL_WIDTH", "draw_pair", "write_report"]
 
@@ -75,7 +76,7 @@ def draw_pair(
     out["overlay"] = f"images/{stem}_overlay.png"
     _save_png(_error_strip(t1, truth, predictions), images_dir / f"{stem}_errors.png")
     out["errors"] = f"images/{stem}_errors.png"
-    if main.model is not None and hasattr(main.model, "forward_with_branches"):
+    if main.model is not None and supports_branches(main.model):
         _save_png(branch_panel_for(main.predictor or main.model, *branch_pair), images_dir / f"{stem}_branches.png")
         out["branches"] = f"images/{stem}_branches.png"
     return out

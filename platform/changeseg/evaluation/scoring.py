@@ -20,6 +20,7 @@ from torch import nn
 from changeseg.evaluation.curves import curve_summary
 from changeseg.evaluation.methods import Method
 from changeseg.metrics import ChangeMetrics
+from changeseg.models.contract import supports_branches
 from changeseg.thresholds import ThresholdCurve
 
 if TYPE_CHECKING:
@@ -80,7 +81,8 @@ def branch_symmetry(model: "nn.Module | Predictor", t0: np.ndarray, t1: np.ndarr
     """
     from changeseg.inference.predictor import Predictor
 
-    if not hasattr(getattr(model, "model", model), "forward_with_branches"):
+    predictor_model = model.model if isinstance(model, Predictor) else model
+    if not supports_branches(predictor_model):
         return None
     predictor = model if isinstance(model, Predictor) else Predictor(model, device=next(model.parameters()).device)
     _, forward = predictor.forward_with_branches(t0, t1)
