@@ -266,15 +266,17 @@ class BaselineModelSection(_ModelSection):
     @model_validator(mode="before")
     @classmethod
     def _no_c3po_fields(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            foreign = sorted(set(data) - set(cls.model_fields))
-            c3po = [k for k in foreign if k in C3POModelSection.model_fields]
-            if c3po:
-                raise ValueError(
-                    f"{', '.join('model.' + k for k in c3po)}: C-3PO option, but model {data.get('name')!r} is an "
-                    f"FC baseline, which takes only {', '.join(cls.model_fields)}"
-                )
-        return data
+        """A C-3PO field set to null is as good as absent; set to a value, it is named."""
+        if not isinstance(data, dict):
+            return data
+        c3po = {k for k in set(data) - set(cls.model_fields) if k in C3POModelSection.model_fields}
+        given = sorted(k for k in c3po if data[k] is not None)
+        if given:
+            raise ValueError(
+                f"{', '.join('model.' + k for k in given)}: C-3PO option, but model {data.get('name')!r} is an "
+                f"FC baseline, which takes only {', '.join(cls.model_fields)}"
+            )
+        return {k: v for k, v in data.items() if k not in c3po}
 
     @field_validator("in_channels")
     @classmethod

@@ -113,6 +113,9 @@ def test_an_override_switches_the_model_family():
     # A C-3PO field given as an override with the switch is still an error, not dropped.
     with pytest.raises(ConfigError, match=r"model\.mtf: C-3PO option"):
         load_config(recipe, ["model.name=fc_ef", "model.mtf=id"])
+    # Override lists that null the C-3PO fields by hand keep working.
+    nulled = load_config(recipe, ["model.name=fc_ef", "model.backbone=null", "model.msf_width=null"]).model
+    assert nulled.factory_kwargs() == {"name": "fc_ef", "num_classes": 2}
     # Within a family nothing is dropped; and back from a baseline, the C-3PO defaults apply.
     preset = load_config(recipe, ["model.name=c3po_vl_cmu_cd"]).model
     assert (preset.backbone, preset.mtf, preset.weights_spec().kind) == ("resnet18", "iade", "imagenet")
