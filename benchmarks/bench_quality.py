@@ -85,9 +85,8 @@ def recipe(*, train_pairs: int, samples_per_epoch: int, quick: bool, overrides: 
         extra.append(f"train.epochs={max(1, cfg.train.epochs // 8)}")
     if baseline:
         # FC-Siam-diff: small, trained from scratch, so a higher rate and no backbone groups.
-        extra += ["model.name=fc_siam_diff", "model.backbone=null", "model.mtf=null", "model.msf_scales=null",
-                  "model.head=null", "model.msf_width=null", "model.weights=null", "train.lr=0.001",
-                  "train.backbone_lr=null"]
+        # Switching the family drops the recipe's C-3PO fields and its ImageNet weights.
+        extra += ["model.name=fc_siam_diff", "train.lr=0.001", "train.backbone_lr=null"]
     return load_config(RECIPE, overrides + extra)
 
 

@@ -11,12 +11,24 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from changeseg.models.presets import preset_num_classes
+from changeseg.models.registry import BASELINE, C3PO, FAMILIES, model_entry, resolve_weights
+from changeseg.models.weights_spec import WeightsSpec, parse_weights
 
 # Numeric precision of forward passes: "auto" is bf16 on a CUDA device that supports
 # it, else fp32; bf16/fp16 are autocast modes (fp16 with a gradient scaler in training).
@@ -154,44 +166,148 @@ class DataSection(_Section):
         return None if missing else [roles.index(c) for c in ("red", "green", "blue")]
 
 
-class ModelSection(_Section):
-    """Arguments of :func:`changeseg.models.create_model`.
+# model.weights as written (null, none, imagenet, torchvision:<model>, a checkpoint URI),
+# parsed into a WeightsSpec at validation and written back as that text.
+Weights = Annotated[
+    WeightsSpec | None,
+    PlainValidator(parse_weights),
+    PlainSerializer(lambda spec: spec.text if spec is not None else None),
+]
+# The fields that choose initial weights: they belong to one family's architecture, so a
+# family switch by override drops them (see build_config).
+WEIGHT_FIELDS = frozenset({"weights", "weights_file", "pretrained_backbone"})
 
-    Architecture fields left null come from the preset ``name`` (e.g. ``c3po_vl_cmu_cd``)
-    or the factory defaults. ``weights``: null, ``imagenet``,
-    ``torchvision:<segmentation model>`` or a changeseg checkpoint URI (warm start);
-    ``weights_file``: a local file with those ImageNet/segmentation weights (offline use).
+
+class _ModelSection(_Section):
+    """Fields of every model family: the name, the class and band counts, the weights.
+
+    ``weights``: null (the model's default: ImageNet for the presets, else random),
+    ``none``, ``imagenet``, ``torchvision:<segmentation model>`` or a changeseg checkpoint
+    URI (warm start); ``weights_file``: a local file with those ImageNet/segmentation
+    weights (offline use). See :mod:`changeseg.models.weights_spec`.
     """
 
+    family: ClassVar[str]
+
     name: str = "c3po"
+    num_classes: int | None = Field(None, ge=2)
+    # Input channels (bands); null: len(data.bands), else 3.
+    in_channels: int | None = Field(None, ge=1)
+    weights: Weights = None
+    weights_file: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_of_this_family(cls, value: str) -> str:
+        if model_entry(value).family.name != cls.family:
+            raise ValueError(f"model {value!r} is not of the {cls.family!r} family")
+        return value
+
+    @model_validator(mode="after")
+    def _weights_apply(self) -> "_ModelSection":
+        self.weights_spec()  # conflicts and weights the family cannot take fail here
+        return self
+
+    def _pretrained_backbone(self) -> bool:
+        return False
+
+    def weights_spec(self) -> WeightsSpec | None:
+        """The weights the model starts from (the name's default filled in, weights_file attached)."""
+        return resolve_weights(self.name, self.weights, file=self.weights_file,
+                               pretrained_backbone=self._pretrained_backbone())
+
+    def factory_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for create_model (unset architecture fields left out)."""
+        args = {k: v for k, v in self.model_dump(exclude=set(WEIGHT_FIELDS)).items() if v is not None}
+        spec = self.weights_spec()
+        return args if spec is None else {**args, "weights": spec}
+
+    def resolved_num_classes(self) -> int:
+        """The class count the model will have (explicit, else the name's, else 2)."""
+        if self.num_classes is not None:
+            return self.num_classes
+        return model_entry(self.name).num_classes
+
+
+class C3POModelSection(_ModelSection):
+    """A C-3PO model (name ``c3po`` or a preset such as ``c3po_vl_cmu_cd``): the
+    arguments of :func:`changeseg.models.create_model`. Architecture fields left null come
+    from the preset or the factory defaults."""
+
+    family: ClassVar[str] = C3PO
+
     backbone: str | None = None
     mtf: str | None = None
     msf_scales: int | None = Field(None, ge=1, le=4)
     head: Literal["fcn", "deeplabv3"] | None = None
-    num_classes: int | None = Field(None, ge=2)
     msf_width: int | None = Field(None, ge=8)
     head_channels: int | None = Field(None, ge=1)
-    weights: str | None = None
-    weights_file: str | None = None
     pretrained_backbone: bool = False
-    # Input channels (bands); null: len(data.bands), else 3. Pretrained first convolutions
-    # are adapted (see changeseg.models.channels).
-    in_channels: int | None = Field(None, ge=1)
+    # Pretrained first convolutions are adapted to in_channels (see changeseg.models.channels).
     # Which input channels are R, G, B (0-based); null: from data.band_roles, else 0, 1, 2.
     rgb_channels: list[int] | None = None
-    # Normalisation of every input channel; null: ImageNet's for RGB, 0.45 / 0.225 for the rest.
+    # Normalisation of every input channel; null: the backbone weights' statistics for RGB
+    # (ImageNet's; timm's pretrained_cfg for timm:<name>), 0.45 / 0.225 for the rest.
     channel_mean: list[float] | None = None
     channel_std: list[float] | None = None
 
-    def factory_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for create_model (unset architecture fields left out)."""
-        return {k: v for k, v in self.model_dump().items() if v is not None}
+    def _pretrained_backbone(self) -> bool:
+        return self.pretrained_backbone
 
-    def resolved_num_classes(self) -> int:
-        """The class count the model will have (explicit, else the preset's, else 2)."""
-        if self.num_classes is not None:
-            return self.num_classes
-        return preset_num_classes(self.name)
+
+class BaselineModelSection(_ModelSection):
+    """An FC-EF / FC-Siam baseline (``fc_ef``, ``fc_siam_conc``, ``fc_siam_diff``): RGB
+    pairs, random or checkpoint weights."""
+
+    family: ClassVar[str] = BASELINE
+
+    name: str  # chosen by the union's discriminator, never defaulted
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_c3po_fields(cls, data: Any) -> Any:
+        """A C-3PO field set to null is as good as absent; set to a value, it is named."""
+        if not isinstance(data, dict):
+            return data
+        c3po = {k for k in set(data) - set(cls.model_fields) if k in C3POModelSection.model_fields}
+        given = sorted(k for k in c3po if data[k] is not None)
+        if given:
+            raise ValueError(
+                f"{', '.join('model.' + k for k in given)}: C-3PO option, but model {data.get('name')!r} is an "
+                f"FC baseline, which takes only {', '.join(cls.model_fields)}"
+            )
+        return {k: v for k, v in data.items() if k not in c3po}
+
+    @field_validator("in_channels")
+    @classmethod
+    def _rgb_only(cls, value: int | None) -> int | None:
+        if value not in (None, 3):
+            raise ValueError("the FC baselines take RGB pairs (3 channels)")
+        return value
+
+
+_SECTIONS: dict[str, type[_ModelSection]] = {C3PO: C3POModelSection, BASELINE: BaselineModelSection}
+
+
+def _family_of(name: Any) -> str | None:
+    try:
+        return model_entry(name).family.name
+    except ValueError:
+        return None
+
+
+def _model_family(value: Any) -> str:
+    """The union's tag: the family of ``name`` (an unknown name goes to the C-3PO section,
+    whose name check then lists the known models)."""
+    name = value.get("name", "c3po") if isinstance(value, dict) else getattr(value, "name", "c3po")
+    return _family_of(name) or C3PO
+
+
+# One section per model family, chosen by ``name``; Config.model is one of them.
+ModelSection = Annotated[
+    Annotated[C3POModelSection, Tag(C3PO)] | Annotated[BaselineModelSection, Tag(BASELINE)],
+    Discriminator(_model_family),
+]
 
 
 class TrainSection(_Section):
@@ -358,7 +474,7 @@ class ScoreSection(_Section):
 class Config(_Section):
     run: RunSection = RunSection()
     data: DataSection = DataSection()
-    model: ModelSection = ModelSection()
+    model: ModelSection = C3POModelSection()
     train: TrainSection = TrainSection()
     tracking: TrackingSection = TrackingSection()
     storage: StorageSection = StorageSection()
@@ -372,13 +488,16 @@ class Config(_Section):
     @model_validator(mode="after")
     def _channels_from_bands(self) -> "Config":
         """model.in_channels and rgb_channels follow data.bands and data.band_roles unless set."""
-        bands = self.data.bands
-        if bands is not None and self.model.in_channels is None and len(bands) != 3:
-            self.model.in_channels = len(bands)
-        if bands is not None and self.model.in_channels not in (None, len(bands)):
-            raise ValueError(f"model.in_channels={self.model.in_channels} but data.bands picks {len(bands)} bands")
-        if self.model.rgb_channels is None and self.data.rgb_positions() is not None and (self.model.in_channels or 3) > 3:
-            self.model.rgb_channels = self.data.rgb_positions()
+        bands, model = self.data.bands, self.model
+        if bands is not None and isinstance(model, BaselineModelSection) and len(bands) != 3:
+            raise ValueError(f"model {model.name!r} takes RGB pairs but data.bands picks {len(bands)} bands")
+        if bands is not None and model.in_channels is None and len(bands) != 3:
+            model.in_channels = len(bands)
+        if bands is not None and model.in_channels not in (None, len(bands)):
+            raise ValueError(f"model.in_channels={model.in_channels} but data.bands picks {len(bands)} bands")
+        if (isinstance(model, C3POModelSection) and model.rgb_channels is None
+                and self.data.rgb_positions() is not None and (model.in_channels or 3) > 3):
+            model.rgb_channels = self.data.rgb_positions()
         return self
 
 
@@ -393,7 +512,10 @@ def resolve_tracking_uri(uri: str | None) -> str:
 def _format_validation_error(err: ValidationError) -> str:
     lines = []
     for item in err.errors():
-        key = ".".join(str(part) for part in item["loc"])
+        loc = tuple(item["loc"])
+        if loc[:1] == ("model",) and len(loc) > 1 and loc[1] in FAMILIES:
+            loc = loc[:1] + loc[2:]  # the model section's union tag (its family) is no key
+        key = ".".join(str(part) for part in loc)
         if item["type"] == "extra_forbidden":
             lines.append(f"unknown key '{key}'")
         else:
@@ -427,9 +549,29 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def switch_model_family(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """When an override moves ``model.name`` to another family (``model.name=fc_siam_diff``
+    on a C-3PO recipe), drop the fields of ``data``'s model section that the new family does
+    not take, and its weights (they were chosen for the other architecture); fields the
+    overrides set stay, so a wrong one is still named."""
+    parsed = [parse_override(text) for text in overrides]
+    names = [value for parts, value in parsed if parts == ["model", "name"]]
+    model = data.get("model")
+    if not names or not isinstance(model, dict):
+        return data
+    old, new = _family_of(model.get("name", "c3po")), _family_of(names[-1])
+    if old is None or new is None or old == new:
+        return data
+    overridden = {parts[1] for parts, _ in parsed if len(parts) == 2 and parts[0] == "model"}
+    keep = set(_SECTIONS[new].model_fields) - WEIGHT_FIELDS
+    data["model"] = {k: v for k, v in model.items() if k in keep or k in overridden}
+    return data
+
+
 def build_config(data: dict[str, Any] | None = None, overrides: list[str] | None = None) -> Config:
     """Validate a plain dict plus overrides into a :class:`Config`."""
-    data = apply_overrides(copy.deepcopy(data or {}), list(overrides or []))
+    overrides = list(overrides or [])
+    data = apply_overrides(switch_model_family(copy.deepcopy(data or {}), overrides), overrides)
     try:
         return Config.model_validate(data)
     except ValidationError as err:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from changeseg.models.contract import input_channels
 from changeseg.models.weights import unwrap
 
 __all__ = ["DEFAULT_OPSET", "INPUT_NAMES", "OUTPUT_NAME", "check_onnx_parity", "export_onnx"]
@@ -46,7 +47,7 @@ def export_onnx(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    channels = int(getattr(model, "in_channels", 3))  # multi-band models take C-channel images
+    channels = input_channels(model)  # multi-band models take C-channel images
     sample = torch.rand(1, channels, height, width, generator=torch.Generator().manual_seed(0)).to(device)
     try:
         with warnings.catch_warnings():
@@ -82,7 +83,7 @@ def check_onnx_parity(
 
     model = unwrap(model)
     g = torch.Generator().manual_seed(seed)
-    channels = int(getattr(model, "in_channels", 3))
+    channels = input_channels(model)
     t0 = torch.rand(batch, channels, height, width, generator=g)
     t1 = torch.rand(batch, channels, height, width, generator=g)
     was_training = model.training

@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 from torch.nn import functional as F
 
 from changeseg.inference.predictor import Predictor
+from changeseg.models.contract import supports_branches
 
 # Colours of the error map: hits, false alarms and misses.
 TP_COLOUR = np.array([40, 200, 60], dtype=np.uint8)
@@ -214,7 +215,7 @@ def branch_panel_for(model: Any, t0: np.ndarray, t1: np.ndarray, **kwargs: Any) 
     if isinstance(model, Predictor):
         prediction, branches = model.forward_with_branches(t0, t1)
         return branch_panel(t0, t1, prediction, branches, index=0, **kwargs)
-    if not hasattr(model, "forward_with_branches"):
+    if not supports_branches(model):
         raise TypeError(f"{type(model).__name__} has no MTF branches (forward_with_branches)")
     was_training = model.training
     try:

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 
 from changeseg.models import PRESETS, create_backbone, create_model, list_backbones, list_models
 from changeseg.models.weights import load_checkpoint, save_checkpoint
+from changeseg.models.weights_spec import WeightsSpec
 
 torch.set_num_threads(2)
 
@@ -310,4 +311,5 @@ def test_config_resolves_preset_class_counts():
     assert build_config(overrides=["model.name=c3po_changesim_multi"]).model.resolved_num_classes() == 5
     assert build_config(overrides=["model.name=c3po_changesim_multi", "model.num_classes=3"]).model.resolved_num_classes() == 3
     cfg = build_config(overrides=["model.name=c3po_vl_cmu_cd", "model.msf_width=16"])
-    assert cfg.model.factory_kwargs() == {"name": "c3po_vl_cmu_cd", "msf_width": 16, "pretrained_backbone": False}
+    # The preset's default weights are resolved at validation: the factory gets a parsed spec.
+    assert cfg.model.factory_kwargs() == {"name": "c3po_vl_cmu_cd", "msf_width": 16, "weights": WeightsSpec("imagenet")}

@@ -1,7 +1,8 @@
 """The package's layers: every import (module-level and function-local) points down.
 
-A unit is a subpackage or a top-level module of ``changeseg``; ``models.presets`` is a
-unit of its own because the config schema reads it without loading torch.
+A unit is a subpackage or a top-level module of ``changeseg``; ``models.presets``,
+``models.weights_spec`` and ``models.registry`` are units of their own because the config
+schema reads them without loading torch.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "changeseg"
 
 # Lowest first; a unit may import only units of lower layers.
 LAYERS: list[set[str]] = [
-    {"models.presets", "devices", "progress"},
+    {"models.presets", "models.weights_spec", "devices", "progress"},
+    {"models.registry"},
     {"config", "metrics", "thresholds"},
     {"storage", "runtime"},
     {"data", "models"},
@@ -29,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"cli"},
 ]
 LAYER_OF = {unit: index for index, units in enumerate(LAYERS) for unit in units}
-OWN_UNITS = {"models.presets"}
+OWN_UNITS = {"models.presets", "models.weights_spec", "models.registry"}
 
 
 def _module_name(path: Path) -> str:
@@ -116,7 +118,8 @@ def test_imports_point_down_the_layers():
     assert not upward, "imports against the layer order:\n" + "\n".join(upward)
 
 
-@pytest.mark.parametrize("module", ["changeseg.config", "changeseg.models.presets", "changeseg.models.location"])
+@pytest.mark.parametrize("module", ["changeseg.config", "changeseg.models.presets", "changeseg.models.registry",
+                                    "changeseg.models.weights_spec", "changeseg.models.location"])
 def test_torch_free_modules(module):
     code = f"import {module}, sys; assert 'torch' not in sys.modules, 'torch loaded'"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -16,6 +16,7 @@ from torch import nn
 
 from changeseg.evaluation.classical import cva_otsu
 from changeseg.inference.predictor import Predictor
+from changeseg.models.contract import ChangeModel
 
 __all__ = ["Method", "model_method", "cva_method", "load_methods"]
 
@@ -89,11 +90,11 @@ def load_methods(cfg: Any, model_uri: str, baseline_uris: Sequence[str]) -> tupl
                                   threshold=score.threshold)
 
     main = load(model_uri)
-    num_classes = int(getattr(main.model, "num_classes", cfg.model.resolved_num_classes()))
+    num_classes = main.num_classes
     methods = [_method_for(main, fallback="model")]
     for uri in baseline_uris:
         baseline = load(uri)
-        classes = int(getattr(baseline.model, "num_classes", num_classes))
+        classes = baseline.num_classes
         if classes != num_classes:
             raise ValueError(f"baseline {uri} predicts {classes} classes, the model {model_uri} {num_classes}")
         method = _method_for(baseline, fallback="baseline")
@@ -108,13 +109,10 @@ def load_methods(cfg: Any, model_uri: str, baseline_uris: Sequence[str]) -> tupl
 
 
 def _method_for(predictor: Any, *, fallback: str) -> Method:
-    config = getattr(predictor.model, "config", {}) or {}
-    name = str(config.get("name") or fallback)
-    if name == "c3po":
-        description = f"C-3PO {config.get('backbone')} MTF {config.get('mtf')} x{config.get('msf_scales')} {config.get('head')}"
-    else:
-        description = name.replace("_", "-")
-    return model_method(name, predictor, description=description)
+    model = predictor.model
+    if not isinstance(model, ChangeModel):
+        return model_method(fallback, predictor, description=fallback)
+    return model_method(str(model.config.get("name") or fallback), predictor, description=model.describe())
 
 
 def _score_device(score: Any) -> str:

@@ -15,6 +15,7 @@ from changeseg.evaluation.curves import pr_curves_html
 from changeseg.evaluation.methods import Method
 from changeseg.evaluation.scoring import EvaluationResult
 from changeseg.inference.naming import pair_file_name
+from changeseg.models.contract import supports_branches
 from changeseg.viz import _label, branch_panel_for, error_map, overlay_panel
 
 __all__ = ["MAX_PANEL_WIDTH", "draw_pair", "write_report"]
@@ -68,7 +69,7 @@ def draw_pair(
     out["overlay"] = f"images/{stem}_overlay.png"
     _save_png(_error_strip(t1, truth, predictions), images_dir / f"{stem}_errors.png")
     out["errors"] = f"images/{stem}_errors.png"
-    if main.model is not None and hasattr(main.model, "forward_with_branches"):
+    if main.model is not None and supports_branches(main.model):
         _save_png(branch_panel_for(main.predictor or main.model, *branch_pair), images_dir / f"{stem}_branches.png")
         out["branches"] = f"images/{stem}_branches.png"
     return out

@@ -21,6 +21,7 @@ from changeseg.evaluation.curves import curve_summary
 from changeseg.evaluation.methods import Method
 from changeseg.inference.predictor import Predictor
 from changeseg.metrics import ChangeMetrics
+from changeseg.models.contract import supports_branches
 from changeseg.thresholds import ThresholdCurve
 
 __all__ = ["EvaluationResult", "MethodScore", "PairFailed", "branch_symmetry", "central_window", "pair_counts",
@@ -76,7 +77,8 @@ def branch_symmetry(model: "nn.Module | Predictor", t0: np.ndarray, t1: np.ndarr
     modes with one shared appear/disappear conv do by construction). None when the model
     has no appear and disappear branches.
     """
-    if not hasattr(getattr(model, "model", model), "forward_with_branches"):
+    predictor_model = model.model if isinstance(model, Predictor) else model
+    if not supports_branches(predictor_model):
         return None
     predictor = model if isinstance(model, Predictor) else Predictor(model, device=next(model.parameters()).device)
     _, forward = predictor.forward_with_branches(t0, t1)

@@ -26,6 +26,7 @@ from changeseg.config import StorageSection
 from changeseg.data.decode import to_model_input
 from changeseg.devices import autocast, prepare_for_device, resolve_device, resolve_precision
 from changeseg.inference.tiling import Window, plan_windows
+from changeseg.models.contract import supports_branches
 from changeseg.models.location import find_checkpoint_dir, resolve_model_dir
 from changeseg.models.weights import load_checkpoint, model_from_checkpoint
 from changeseg.thresholds import DEFAULT_THRESHOLD, threshold_of
@@ -104,7 +105,7 @@ class Predictor:
 
     @property
     def num_classes(self) -> int:
-        return int(getattr(self.model, "num_classes", (getattr(self.model, "config", {}) or {}).get("num_classes", 2)))
+        return int(self.model.num_classes)
 
     @property
     def threshold(self) -> float | None:
@@ -286,7 +287,7 @@ class Predictor:
 
     def forward_with_branches(self, t0: np.ndarray, t1: np.ndarray) -> tuple[np.ndarray, Any]:
         """Class ids (H, W) and the MTF branch maps of one whole pair (for the branch panels)."""
-        if not hasattr(self.model, "forward_with_branches"):
+        if not supports_branches(self.model):
             raise TypeError(f"{type(self.model).__name__} has no MTF branches (forward_with_branches)")
         a, b = self._to_device(self.to_tensor(t0)), self._to_device(self.to_tensor(t1))
         with torch.inference_mode(), autocast(self.precision, self.device):

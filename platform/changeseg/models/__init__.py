@@ -1,8 +1,11 @@
-"""Model registry and factory: see :mod:`changeseg.models.factory`.
+"""Change models: see :mod:`changeseg.models.factory` (building), ``registry`` (the one
+table of names), ``weights_spec`` (where weights come from) and ``contract`` (what every
+model offers).
 
 The names below load on first use (PEP 562), so torch-free modules of this package
-(``presets``, ``location``) import without torch: the config schema reads a preset's
-class count and ``changeseg prepare`` never pays for torch, torchvision and timm.
+(``presets``, ``registry``, ``weights_spec``, ``location``) import without torch: the config
+schema reads names, families and weights there, and ``changeseg prepare`` never pays
+for torch, torchvision and timm.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ from typing import Any
 
 _EXPORTS = {
     "C3PO": "factory", "MSF": "factory", "MTF": "factory", "MTF_MODES": "factory",
-    "SEGMENTATION_SOURCES": "factory", "Backbone": "factory", "LoadReport": "factory",
+    "SEGMENTATION_SOURCES": "weights_spec", "Backbone": "factory", "LoadReport": "factory",
     "create_backbone": "factory", "create_head": "factory", "create_model": "factory",
-    "list_backbones": "factory", "list_heads": "factory", "list_models": "factory",
+    "list_backbones": "factory", "list_heads": "factory", "list_models": "registry",
     "model_from_config": "factory", "resolve_model_args": "factory",
     "PRESETS": "presets", "PRESET_WEIGHTS": "presets",
+    "ChangeModel": "contract", "WeightsSpec": "weights_spec", "parse_weights": "weights_spec",
+    "model_entry": "registry", "register_builder": "registry", "register_model": "registry",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -29,6 +29,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from .channels import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "Backbone",
     "SequentialBackbone",
@@ -47,14 +49,21 @@ class Backbone(nn.Module):
         name: registry name, kept so a model's config can rebuild it.
         channels: channels of each returned feature map, finest first.
         strides: downsampling factor of each feature map, finest first.
+        rgb_mean, rgb_std: the input normalisation its pretrained weights expect (R, G, B).
+        in_channels, rgb_channels: the input bands, set by
+            :func:`~changeseg.models.channels.adapt_first_conv`.
 
-    ``forward(x)`` takes an ImageNet-normalised batch and returns one feature map per
-    scale, finest first, as ``(N, C, H, W)`` tensors.
+    ``forward(x)`` takes a batch normalised with ``rgb_mean`` / ``rgb_std`` and returns one
+    feature map per scale, finest first, as ``(N, C, H, W)`` tensors.
     """
 
     name: str
     channels: tuple[int, ...]
     strides: tuple[int, ...]
+    rgb_mean: tuple[float, float, float] = IMAGENET_MEAN
+    rgb_std: tuple[float, float, float] = IMAGENET_STD
+    in_channels: int = 3
+    rgb_channels: tuple[int, ...] | None = None
 
     def forward(self, x: Tensor) -> list[Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -153,8 +162,10 @@ class SwinBackbone(SequentialBackbone):
 class TimmBackbone(Backbone):
     """Any timm model built with ``features_only=True`` (its last four scales)."""
 
-    def __init__(self, model_name: str, *, name: str, pretrained: bool = False, pretrained_file: str | None = None) -> None:
-        """``pretrained`` uses timm's own loader (its hub cache, or ``pretrained_file``)."""
+    def __init__(self, model_name: str, *, name: str, pretrained: bool = False, pretrained_file: str | None = None,
+                 timm_stats: bool = False) -> None:
+        """``pretrained`` uses timm's own loader (its hub cache, or ``pretrained_file``);
+        ``timm_stats`` takes the input normalisation from timm's ``pretrained_cfg``."""
         super().__init__()
         import timm
 
@@ -169,6 +180,8 @@ class TimmBackbone(Backbone):
         self.net = timm.create_model(model_name, pretrained=pretrained, **kwargs)
         self.channels = tuple(int(c) for c in self.net.feature_info.channels())
         self.strides = tuple(int(r) for r in self.net.feature_info.reduction())
+        if timm_stats:
+            self.rgb_mean, self.rgb_std = _pretrained_stats(getattr(self.net, "pretrained_cfg", None) or {})
 
     def forward(self, x: Tensor) -> list[Tensor]:
         feats = list(self.net(x))
@@ -180,6 +193,14 @@ class TimmBackbone(Backbone):
         if source == "segmentation":
             return None
         return "net." + key
+
+
+def _pretrained_stats(cfg: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std of a timm ``pretrained_cfg`` when it gives three of each, else ImageNet's."""
+    mean, std = cfg.get("mean"), cfg.get("std")
+    if mean is None or std is None or len(mean) != 3 or len(std) != 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 def _resnet(name: str) -> Backbone:
@@ -212,7 +233,8 @@ def _swin_t(name: str) -> Backbone:
 
 
 def _timm(name: str) -> Backbone:
-    return TimmBackbone(name.removeprefix("timm:"), name=name)
+    # Any timm model: normalise as its weights were trained (ImageNet's, 0.5, ...).
+    return TimmBackbone(name.removeprefix("timm:"), name=name, timm_stats=True)
 
 
 _BACKBONES: dict[str, Callable[[str], Backbone]] = {

@@ -11,9 +11,9 @@ BatchNorm, ReLU, dropout; 2x2 max-pool) and a transposed-conv decoder:
 In both siamese variants the decoder starts from t1's bottleneck, as in the paper's
 networks, so they are not symmetric in (t0, t1).
 
-Same interface as :class:`~changeseg.models.c3po.C3PO`: ``forward(t0, t1)`` takes
-float ``(N, 3, H, W)`` in [0, 1], normalises with ImageNet statistics inside and returns
-logits ``(N, num_classes, H, W)`` for any H, W. Pooling rounds up (``ceil_mode``) and
+The :class:`~changeseg.models.contract.ChangeModel` contract, as C-3PO: ``forward(t0, t1)``
+takes float ``(N, 3, H, W)`` in [0, 1], normalises with ImageNet statistics inside and
+returns logits ``(N, num_classes, H, W)`` for any H, W; no backbone, no MTF branches. Pooling rounds up (``ceil_mode``) and
 each upsampled map is cropped to its skip's size, so odd sizes work without padding
 arithmetic and exported graphs keep dynamic height and width.
 """
@@ -25,9 +25,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .c3po import IMAGENET_MEAN, IMAGENET_STD, _check_pair
+from .channels import IMAGENET_MEAN, IMAGENET_STD
+from .contract import ChangeModel
+from .registry import BASELINE, register_builder
 
-__all__ = ["BASELINES", "FCEF", "FCSiamConc", "FCSiamDiff"]
+__all__ = ["BASELINES", "FCEF", "FCSiamConc", "FCSiamDiff", "build_baseline"]
 
 ENCODER_WIDTHS = (16, 32, 64, 128)
 # Convs per level, encoder and decoder alike: two at the two finest levels, three below.
@@ -112,20 +114,12 @@ class Decoder(nn.Module):
         return x
 
 
-class _FCBase(nn.Module):
+class _FCBase(ChangeModel):
     name = ""
 
     def __init__(self, *, num_classes: int) -> None:
-        super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-        self.num_classes = num_classes
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        super().__init__(num_classes=num_classes, in_channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD)
         self.config: dict[str, Any] = {"name": self.name, "num_classes": num_classes}
-
-    def _normalise(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std
 
     def features(self, t0: Tensor, t1: Tensor) -> tuple[Tensor, list[list[Tensor]]]:
         """(bottleneck, per-level skip tensors) that the decoder receives."""
@@ -133,7 +127,7 @@ class _FCBase(nn.Module):
 
     def forward(self, t0: Tensor, t1: Tensor) -> Tensor:
         """Change logits ``(N, num_classes, H, W)`` for images t0, t1 ``(N, 3, H, W)`` in [0, 1]."""
-        _check_pair(t0, t1)
+        self.check_pair(t0, t1)
         bottleneck, skips = self.features(t0, t1)
         return self.decoder(bottleneck, skips)
 
@@ -149,7 +143,7 @@ class FCEF(_FCBase):
         self.decoder = Decoder(skip_factor=1, num_classes=num_classes)
 
     def features(self, t0: Tensor, t1: Tensor) -> tuple[Tensor, list[list[Tensor]]]:
-        f = self.encoder(torch.cat([self._normalise(t0), self._normalise(t1)], dim=1))
+        f = self.encoder(torch.cat([self.normalise(t0), self.normalise(t1)], dim=1))
         return f.bottleneck, [[s] for s in f.skips]
 
 
@@ -165,8 +159,8 @@ class FCSiamConc(_FCBase):
 
     def features(self, t0: Tensor, t1: Tensor) -> tuple[Tensor, list[list[Tensor]]]:
         # Two passes, not one on a stacked batch: BatchNorm statistics per date in training.
-        f0 = self.encoder(self._normalise(t0))
-        f1 = self.encoder(self._normalise(t1))
+        f0 = self.encoder(self.normalise(t0))
+        f1 = self.encoder(self.normalise(t1))
         return f1.bottleneck, [[a, b] for a, b in zip(f0.skips, f1.skips)]
 
 
@@ -181,10 +175,18 @@ class FCSiamDiff(_FCBase):
         self.decoder = Decoder(skip_factor=1, num_classes=num_classes)
 
     def features(self, t0: Tensor, t1: Tensor) -> tuple[Tensor, list[list[Tensor]]]:
-        f0 = self.encoder(self._normalise(t0))
-        f1 = self.encoder(self._normalise(t1))
+        f0 = self.encoder(self.normalise(t0))
+        f1 = self.encoder(self.normalise(t1))
         return f1.bottleneck, [[torch.abs(a - b)] for a, b in zip(f0.skips, f1.skips)]
 
 
-BASELINES: dict[str, type[_FCBase]] = {"fc_ef": FCEF, "fc_siam_conc": FCSiamConc, "fc_siam_diff": FCSiamDiff}
-"""Baseline classes by config name; each takes keyword-only ``num_classes``."""
+BASELINES: dict[str, type[_FCBase]] = {cls.name: cls for cls in (FCEF, FCSiamConc, FCSiamDiff)}
+"""The class of each registered baseline name; each takes keyword-only ``num_classes``."""
+
+
+@register_builder(BASELINE)
+def build_baseline(*, name: str, num_classes: int, in_channels: int = 3) -> _FCBase:
+    """The baseline family's builder: the network ``name`` names, on RGB pairs."""
+    if in_channels != 3:
+        raise ValueError(f"model {name!r} takes RGB images (in_channels=3), got in_channels={in_channels!r}")
+    return BASELINES[name](num_classes=num_classes)

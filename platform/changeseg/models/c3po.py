@@ -4,28 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .backbones import Backbone
-from .channels import adapt_first_conv, channel_stats
-from .heads import create_head
+from .backbones import Backbone, create_backbone, is_backbone_name, list_backbones
+from .channels import IMAGENET_MEAN, IMAGENET_STD, adapt_first_conv, channel_stats
+from .contract import ChangeModel
+from .heads import create_head, list_heads
 from .msf import MSF
-from .mtf import MTF
+from .mtf import MTF, MTF_MODES
+from .registry import C3PO as C3PO_FAMILY
+from .registry import register_builder
 
-__all__ = ["C3PO", "IMAGENET_MEAN", "IMAGENET_STD"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["C3PO", "IMAGENET_MEAN", "IMAGENET_STD", "build_c3po"]
 
 
-class C3PO(nn.Module):
+class C3PO(ChangeModel):
     """Pixel-wise change segmentation between two RGB images.
 
-    Inputs are two float tensors ``(N, 3, H, W)`` in [0, 1]; ImageNet
-    normalisation happens inside (non-persistent buffers), so serving and
-    exported graphs need no separate preprocessing. Output logits are
+    Inputs are two float tensors ``(N, in_channels, H, W)`` in [0, 1], normalised
+    inside with the statistics the backbone's weights expect (see
+    :class:`~changeseg.models.contract.ChangeModel`). Output logits are
     ``(N, num_classes, H, W)`` for any H, W.
 
     Args:
@@ -38,6 +37,8 @@ class C3PO(nn.Module):
         head_channels: channels from MSF into the head (default ``msf_width``); a head
             transplanted from a segmentation model needs its own input width here.
     """
+
+    supports_branches = True
 
     def __init__(
         self,
@@ -54,21 +55,15 @@ class C3PO(nn.Module):
         channel_mean: list[float] | None = None,
         channel_std: list[float] | None = None,
     ) -> None:
-        super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-        self.backbone = backbone
+        # Any band count: the first convolution is rebuilt, normalisation is per channel.
+        mean, std = channel_stats(in_channels, rgb_channels=rgb_channels, mean=channel_mean, std=channel_std,
+                                  rgb_mean=backbone.rgb_mean, rgb_std=backbone.rgb_std)
+        super().__init__(num_classes=num_classes, in_channels=in_channels, mean=mean, std=std, backbone=backbone)
         # MSF validates msf_scales against the backbone before anything else uses it.
         self.msf = MSF(backbone.channels, num_scales=msf_scales, width=msf_width, out_channels=head_channels)
         self.mtf = nn.ModuleList(MTF(c, mtf) for c in backbone.channels[-msf_scales:])
         self.head = create_head(name=head, in_channels=self.msf.out_channels, num_classes=num_classes)
-        # Any band count: the first convolution is rebuilt, normalisation is per channel.
-        mean, std = channel_stats(in_channels, rgb_channels=rgb_channels, mean=channel_mean, std=channel_std)
         adapt_first_conv(backbone, in_channels, rgb_channels)
-        self.in_channels = in_channels
-        self.register_buffer("mean", torch.tensor(mean).view(1, in_channels, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, in_channels, 1, 1), persistent=False)
-        self.num_classes = num_classes
         self.msf_scales = msf_scales
         # Everything create_model needs to rebuild this architecture (JSON-safe).
         self.config: dict[str, Any] = {
@@ -90,21 +85,26 @@ class C3PO(nn.Module):
         self.config.update({k: v for k, v in extra.items() if v is not None})
 
     def forward(self, t0: Tensor, t1: Tensor) -> Tensor:
-        """Change logits ``(N, num_classes, H, W)`` for images t0, t1 ``(N, 3, H, W)`` in [0, 1]."""
+        """Change logits ``(N, num_classes, H, W)`` for images t0, t1 ``(N, in_channels, H, W)`` in [0, 1]."""
         logits, _ = self._run(t0, t1, return_branches=False)
         return logits
+
+    def describe(self) -> str:
+        """``C-3PO resnet18 MTF iade x4 fcn``."""
+        c = self.config
+        return f"C-3PO {c['backbone']} MTF {c['mtf']} x{c['msf_scales']} {c['head']}"
 
     def forward_with_branches(self, t0: Tensor, t1: Tensor) -> tuple[Tensor, list[dict[str, Tensor]]]:
         """Logits plus, per used scale (finest first), the MTF branch maps before combination."""
         return self._run(t0, t1, return_branches=True)
 
     def _run(self, t0: Tensor, t1: Tensor, *, return_branches: bool) -> tuple[Tensor, list[dict[str, Tensor]]]:
-        _check_pair(t0, t1, self.in_channels)
+        self.check_pair(t0, t1)
         # Two passes rather than one on the concatenated batch: in training the
         # backbone's BatchNorm then normalises each time step by its own
         # statistics, as a siamese encoder applied per image does.
-        feats0 = self.backbone(self._normalise(t0))
-        feats1 = self.backbone(self._normalise(t1))
+        feats0 = self.backbone(self.normalise(t0))
+        feats1 = self.backbone(self.normalise(t1))
         first = len(feats0) - self.msf_scales
         fused: list[Tensor] = []
         branches: list[dict[str, Tensor]] = []
@@ -122,13 +122,49 @@ class C3PO(nn.Module):
         logits = F.interpolate(logits, size=t0.shape[-2:], mode="bilinear", align_corners=False)
         return logits, branches
 
-    def _normalise(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_pair(t0: Tensor, t1: Tensor, channels: int = 3) -> None:
-    for name, t in (("t0", t0), ("t1", t1)):
-        if t.dim() != 4 or t.shape[1] != channels:
-            raise ValueError(f"{name} must have shape (N, {channels}, H, W), got {tuple(t.shape)}")
-    if t0.shape != t1.shape:
-        raise ValueError(f"t0 and t1 shapes differ: {tuple(t0.shape)} vs {tuple(t1.shape)}")
+def check_c3po_args(*, backbone: str, mtf: str, head: str, num_classes: Any, msf_scales: Any, msf_width: Any,
+                    head_channels: Any) -> None:
+    """Names and numbers checked before anything is built (the MSF checks msf_scales' upper bound)."""
+    if not is_backbone_name(backbone):
+        raise ValueError(f"unknown backbone {backbone!r}; known backbones: {', '.join(list_backbones())}, or timm:<model name>")
+    if head not in list_heads():
+        raise ValueError(f"unknown head {head!r}; known heads: {', '.join(list_heads())}")
+    if mtf not in MTF_MODES:
+        raise ValueError(f"invalid MTF mode {mtf!r}; valid modes: {', '.join(MTF_MODES)}")
+    if not _is_int(num_classes) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    for key, value in (("msf_scales", msf_scales), ("msf_width", msf_width)):
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"{key} must be a positive int, got {value!r}")
+    if head_channels is not None and (not _is_int(head_channels) or head_channels < 1):
+        raise ValueError(f"head_channels must be a positive int, got {head_channels!r}")
+
+
+@register_builder(C3PO_FAMILY)
+def build_c3po(
+    *,
+    name: str,
+    backbone: str,
+    mtf: str,
+    msf_scales: int,
+    head: str,
+    num_classes: int,
+    msf_width: int,
+    head_channels: int | None = None,
+    in_channels: int = 3,
+    rgb_channels: list[int] | None = None,
+    channel_mean: list[float] | None = None,
+    channel_std: list[float] | None = None,
+) -> C3PO:
+    """The C-3PO family's builder: every name of the family (``c3po``, the presets) builds
+    a :class:`C3PO` whose config names ``c3po`` with the full arguments."""
+    check_c3po_args(backbone=backbone, mtf=mtf, head=head, num_classes=num_classes, msf_scales=msf_scales,
+                    msf_width=msf_width, head_channels=head_channels)
+    return C3PO(backbone=create_backbone(name=backbone), mtf=mtf, msf_scales=msf_scales, head=head,
+                num_classes=num_classes, msf_width=msf_width, head_channels=head_channels, in_channels=in_channels,
+                rgb_channels=rgb_channels, channel_mean=channel_mean, channel_std=channel_std)

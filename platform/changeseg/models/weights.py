@@ -16,8 +16,9 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from changeseg.models.factory import ARCHITECTURE_KEYS, create_model
+from changeseg.models.factory import create_model
 from changeseg.models.location import META_FILE, WEIGHTS_FILE, find_checkpoint_dir
+from changeseg.models.registry import architecture_keys
 
 __all__ = ["META_FILE", "WEIGHTS_FILE", "find_checkpoint_dir", "load_checkpoint", "model_from_checkpoint",
            "read_metadata", "save_checkpoint", "unwrap"]
@@ -49,7 +50,7 @@ def architecture(config: Any) -> dict[str, Any]:
     """The architecture arguments of a checkpoint's ``model`` entry; any other key is refused."""
     if not isinstance(config, dict):
         raise ValueError(f"checkpoint {META_FILE}: 'model' must be an object, got {type(config).__name__}")
-    extra = sorted(str(k) for k in config if k not in ARCHITECTURE_KEYS)
+    extra = sorted(str(k) for k in config if k not in architecture_keys(config.get("name", "c3po")))
     if extra:
         raise ValueError(f"checkpoint {META_FILE}: 'model' may hold architecture keys only, not {', '.join(extra)}")
     return dict(config)

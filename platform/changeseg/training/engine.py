@@ -41,6 +41,7 @@ from changeseg.devices import all_reduce_sum, autocast, grad_scaler, prepare_for
 from changeseg.inference.predictor import Predictor
 from changeseg.metrics import ChangeMetrics, all_reduce_
 from changeseg.models import create_model
+from changeseg.models.contract import backbone_of
 from changeseg.models.weights import WEIGHTS_FILE, save_checkpoint, unwrap
 from changeseg.training.losses import ChangeLoss
 
@@ -83,8 +84,8 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     """Adam over two parameter groups: the backbone at ``train.backbone_lr`` (default
     ``train.lr``) and everything else (MTF, MSF, head) at ``train.lr``."""
     bare = unwrap(model)
-    backbone = getattr(bare, "backbone", None)
-    backbone_params = list(backbone.parameters()) if isinstance(backbone, nn.Module) else []
+    backbone = backbone_of(bare)
+    backbone_params = list(backbone.parameters()) if backbone is not None else []
     backbone_ids = {id(p) for p in backbone_params}
     rest = [p for p in model.parameters() if id(p) not in backbone_ids]
     groups = [{"params": rest, "lr": cfg.train.lr}]
@@ -96,8 +97,8 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
 def set_train_mode(model: nn.Module, cfg: Config) -> nn.Module:
     """``model.train()``, except backbone BatchNorm layers under ``train.freeze_backbone_bn``."""
     model.train()
-    backbone = getattr(unwrap(model), "backbone", None)
-    if cfg.train.freeze_backbone_bn and isinstance(backbone, nn.Module):
+    backbone = backbone_of(unwrap(model))
+    if cfg.train.freeze_backbone_bn and backbone is not None:
         for module in backbone.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
