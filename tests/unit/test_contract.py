@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from changeseg.models import create_model
+from changeseg.models import create_model, model_from_config
 from changeseg.models.channels import DEFAULT_EXTRA_MEAN, DEFAULT_EXTRA_STD, IMAGENET_MEAN, IMAGENET_STD
 from changeseg.models.contract import ChangeModel, backbone_of, input_channels, supports_branches
 
@@ -29,6 +29,10 @@ def test_a_timm_backbone_normalises_as_its_pretrained_cfg_says():
     assert tuple(cfg["mean"]) != IMAGENET_MEAN  # else this test could not tell the two apart
     model = create_model(backbone="timm:mobilevit_xxs", msf_width=16, msf_scales=2)
     assert _stats(model) == pytest.approx([*cfg["mean"], *cfg["std"]])
+    # Recorded in the config, so a checkpoint keeps them even if timm's defaults move.
+    assert model.config["channel_mean"] == pytest.approx(list(cfg["mean"]))
+    assert _stats(model_from_config(model.config)) == pytest.approx(_stats(model))
+    assert "channel_mean" not in create_model(msf_width=16, msf_scales=2).config  # ImageNet: as before
     # Extra bands keep their per-channel defaults; R, G, B take the cfg's values where they sit.
     bands = create_model(backbone="timm:mobilevit_xxs", msf_width=16, msf_scales=2, in_channels=4, rgb_channels=[2, 1, 0])
     mean, std = cfg["mean"], cfg["std"]

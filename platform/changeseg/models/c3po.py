@@ -78,10 +78,14 @@ class C3PO(ChangeModel):
         if head_channels is not None and head_channels != msf_width:
             self.config["head_channels"] = head_channels
         # Recorded only when not the RGB default, so 3-channel checkpoints stay as they were.
+        # Statistics other than ImageNet's (e.g. a timm backbone's own) are recorded as
+        # resolved, so a checkpoint normalises the same way whatever timm says later.
+        own_stats = channel_mean is None and (tuple(backbone.rgb_mean), tuple(backbone.rgb_std)) != (
+            tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
         extra = {"in_channels": in_channels if in_channels != 3 else None,
                  "rgb_channels": list(rgb_channels) if rgb_channels is not None else None,
-                 "channel_mean": list(channel_mean) if channel_mean is not None else None,
-                 "channel_std": list(channel_std) if channel_std is not None else None}
+                 "channel_mean": list(channel_mean) if channel_mean is not None else (mean if own_stats else None),
+                 "channel_std": list(channel_std) if channel_std is not None else (std if own_stats else None)}
         self.config.update({k: v for k, v in extra.items() if v is not None})
 
     def forward(self, t0: Tensor, t1: Tensor) -> Tensor:
