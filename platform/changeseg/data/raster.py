@@ -152,18 +152,63 @@ def _resampling(name: str):
 
 
 def scale_to_uint8(data: np.ndarray, ranges: np.ndarray) -> np.ndarray:
-    """(C, h, w) raw values -> (h, w, C) uint8 of (v - low) / (high - low), clipped to [0, 1]."""
-    low = ranges[:, 0].reshape(-1, 1, 1)
-    span = (ranges[:, 1] - ranges[:, 0]).reshape(-1, 1, 1)
-    scaled = (data.astype(np.float32) - low) / span
-    return np.rint(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(1, 2, 0)
+    """(C, h, w) raw values -> (h, w, C) uint8 of (v - low) / (high - low), clipped to [0, 1].
+
+    8- and 16-bit integers go through a per-band lookup table (one gather instead of six
+    float passes over the window); other types are computed directly, with the same formula."""
+    out = np.empty((*data.shape[1:], data.shape[0]), np.uint8)
+    if data.dtype.kind in "ui" and data.dtype.itemsize <= 2:
+        tables = _lookup_tables(data.dtype.str, tuple(map(tuple, np.asarray(ranges, np.float64))))
+        offset = int(np.iinfo(data.dtype).min)
+        for i in range(data.shape[0]):
+            index = data[i] if offset == 0 else data[i].astype(np.int32) - offset
+            out[..., i] = tables[i][index]
+        return out
+    out[...] = _scaled(data, np.asarray(ranges, np.float64)).transpose(1, 2, 0)
+    return out
+
+
+def _scaled(values: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+    low = ranges[:, 0].reshape(-1, *([1] * (values.ndim - 1)))
+    span = (ranges[:, 1] - ranges[:, 0]).reshape(low.shape)
+    scaled = (values.astype(np.float32) - low.astype(np.float32)) / span.astype(np.float32)
+    return np.rint(np.nan_to_num(np.clip(scaled, 0.0, 1.0)) * 255.0).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=64)
+def _lookup_tables(dtype: str, ranges: tuple[tuple[float, float], ...]) -> np.ndarray:
+    """(C, 2**bits) uint8: the scaled value of every possible sample, per band."""
+    info = np.iinfo(np.dtype(dtype))
+    values = np.arange(info.min, info.max + 1, dtype=np.float64)
+    return _scaled(np.broadcast_to(values, (len(ranges), values.size)), np.asarray(ranges, np.float64))
+
+
+def _invalid(ds: Any, bands: list[int], data: np.ndarray, window=None) -> np.ndarray:
+    """(h, w) True where any band is nodata (or NaN). Where a nodata value is a band's only
+    mask it is compared here: GDAL's nodata mask bands would cost a second pass per band."""
+    from rasterio.enums import MaskFlags
+
+    invalid = np.zeros(data.shape[1:], bool)
+    if data.dtype.kind == "f":
+        invalid |= np.isnan(data).any(0)
+    gdal_masks = []
+    for i, b in enumerate(bands):
+        flags = ds.mask_flag_enums[b - 1]
+        if flags == [MaskFlags.nodata]:
+            nodata = ds.nodatavals[b - 1]
+            invalid |= np.isnan(data[i]) if np.isnan(nodata) else data[i] == nodata
+        elif flags != [MaskFlags.all_valid]:
+            gdal_masks.append(b)  # an internal mask, an alpha band, a WarpedVRT's footprint
+    if gdal_masks:
+        invalid |= (ds.read_masks(gdal_masks, window=window) == 0).any(0)
+    return invalid
 
 
 def read_scaled(ds: Any, bands: list[int], ranges: np.ndarray, window=None) -> tuple[np.ndarray, np.ndarray]:
     """(h, w, C) uint8 and (h, w) validity of a window (None = whole); nodata and masked pixels are 0."""
-    data = ds.read(bands, window=window, masked=True)
-    invalid = np.ma.getmaskarray(data).any(0)
-    image = scale_to_uint8(np.ma.filled(data, 0), ranges)
+    data = ds.read(bands, window=window)
+    invalid = _invalid(ds, bands, data, window)
+    image = scale_to_uint8(data, ranges)
     image[invalid] = 0
     return image, ~invalid
 
