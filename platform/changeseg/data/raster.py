@@ -29,10 +29,12 @@ import numpy as np
 
 from changeseg import storage
 
-__all__ = ["RASTER_SUFFIXES", "RasterOptions", "ScenePair", "is_raster_row", "is_raster_uri", "load_raster_pair",
-           "open_scene_pair", "raster_options"]
+__all__ = ["RASTER_SUFFIXES", "RasterOptions", "ScenePair", "is_raster_bytes", "is_raster_row", "is_raster_uri",
+           "load_raster_pair", "open_scene_pair", "raster_options", "read_image_bytes"]
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
+# TIFF and BigTIFF (both byte orders), JPEG 2000 (JP2 box, raw codestream).
+RASTER_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+", b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xffO\xffQ")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,32 @@ def is_raster_uri(uri: str | None) -> bool:
 def is_raster_row(row: dict) -> bool:
     """Whether a record's images are rasters for rasterio (by t0's file name)."""
     return is_raster_uri(row.get("t0"))
+
+
+def is_raster_bytes(data: bytes) -> bool:
+    """Whether encoded bytes are a TIFF or JPEG 2000 (read here, like ``.tif`` and ``.jp2`` files)."""
+    return bytes(data[:12]).startswith(RASTER_MAGIC)
+
+
+def read_image_bytes(data: bytes, *, opts: dict | RasterOptions | None = None, name: str = "image",
+                     max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, C) uint8 and (H, W) validity of an in-memory raster by the rules files are read
+    with (bands, scaling; nodata -> 0); its size is checked against ``max_pixels`` before any
+    pixel is read."""
+    import rasterio
+    from rasterio.io import MemoryFile
+
+    opts = opts if isinstance(opts, RasterOptions) else RasterOptions(**{**(opts or {})})
+    try:
+        with MemoryFile(bytes(data)) as mem, mem.open() as ds:
+            if max_pixels is not None and ds.width * ds.height > max_pixels:
+                from changeseg.data.decode import ImageTooLarge
+
+                raise ImageTooLarge(f"{name} is {ds.width}x{ds.height}, over the limit of {max_pixels} pixels")
+            bands = pick_bands(ds, opts.bands, name)
+            return read_scaled(ds, bands, band_ranges(ds, bands, opts))
+    except rasterio.errors.RasterioIOError as err:
+        raise ValueError(f"{name} is not a readable raster: {err}") from None
 
 
 @contextlib.contextmanager
