@@ -97,15 +97,20 @@ def read_image_bytes(data: bytes, *, opts: dict | RasterOptions | None = None, n
 
 @contextlib.contextmanager
 def open_raster(row: dict, key: str, storage_options=None) -> Iterator[Any]:
-    """A rasterio dataset of member ``key``: local files opened in place (windowed reads
-    touch only their blocks), inline or shard bytes and remote objects from memory."""
+    """A rasterio dataset of member ``key``: local files and ``s3://`` objects opened in place
+    (windowed reads fetch only their blocks; S3 through GDAL's ``/vsis3/`` with the
+    project's endpoint settings), inline or shard bytes from memory."""
     import rasterio
     from rasterio.io import MemoryFile
 
     uri = row.get(key) or ""
-    local = uri and not storage.is_remote(uri) and row.get(f"{key}_data") is None and not row.get("shard")
+    in_place = uri and row.get(f"{key}_data") is None and not row.get("shard")
     try:
-        if local:
+        if in_place and uri.startswith("s3://"):
+            with rasterio.Env(**storage.gdal_s3_options(storage_options)), rasterio.open(uri) as ds:
+                yield ds
+            return
+        if in_place and not storage.is_remote(uri):
             with rasterio.open(uri.removeprefix("file://")) as ds:
                 yield ds
             return
