@@ -20,6 +20,7 @@ from __future__ import annotations
 # native library that only georeferenced inputs need, so image-only jobs never load it.
 import contextlib
 import functools
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
@@ -34,6 +35,7 @@ __all__ = ["RASTER_SUFFIXES", "RasterOptions", "ScenePair", "is_raster_bytes", "
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
 # TIFF and BigTIFF (both byte orders), JPEG 2000 (JP2 box, raw codestream).
+BYTES_DRIVERS = ("GTiff", "JP2OpenJPEG")
 RASTER_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+", b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xffO\xffQ")
 
 
@@ -80,11 +82,20 @@ def read_image_bytes(data: bytes, *, opts: dict | RasterOptions | None = None, n
     with (bands, scaling; nodata -> 0); its size is checked against ``max_pixels`` before any
     pixel is read."""
     import rasterio
-    from rasterio.io import MemoryFile
 
     opts = opts if isinstance(opts, RasterOptions) else RasterOptions(**{**(opts or {})})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # plain TIFFs are fine here
+        return _read_bytes(data, opts=opts, name=name, max_pixels=max_pixels)
+
+
+def _read_bytes(data: bytes, *, opts: RasterOptions, name: str, max_pixels: int | None) -> tuple[np.ndarray, np.ndarray]:
+    import rasterio
+    from rasterio.io import MemoryFile
+
     try:
-        with MemoryFile(bytes(data)) as mem, mem.open() as ds:
+        # Request bytes: only the drivers of the formats recognised by their magic may parse them.
+        with MemoryFile(bytes(data)) as mem, mem.open(driver=list(BYTES_DRIVERS)) as ds:
             if max_pixels is not None and ds.width * ds.height > max_pixels:
                 from changeseg.data.decode import ImageTooLarge
 

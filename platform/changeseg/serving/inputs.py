@@ -53,11 +53,10 @@ def decode_request_image(data: bytes, *, field: str, max_pixels: int, min_side: 
                          raster: dict | None = None) -> np.ndarray:
     """Encoded bytes -> uint8 (H, W, C), with the size checked before pixels are decoded.
 
-    TIFF and JPEG 2000 go through :func:`_decode_raster` (C = the bands ``raster`` picks);
-    everything else is RGB (C = 3):
-
-    The project's one decoder (:func:`changeseg.data.decode.decode_image`): only PNG,
-    JPEG, TIFF, BMP, WebP and GIF are parsed, the pixel limit comes from the header (a
+    TIFF and JPEG 2000 are read like scene files (:func:`_decode_raster`; C = the bands
+    ``raster`` picks). Everything else becomes RGB (C = 3) through the project's one
+    image decoder (:func:`changeseg.data.decode.decode_image`): only PNG, JPEG, BMP, WebP
+    and GIF are parsed, the pixel limit comes from the header (a
     small file claiming a huge size is refused before any memory is spent), EXIF
     orientation is applied, 16-bit and alpha images are converted faithfully.
     """
