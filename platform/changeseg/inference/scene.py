@@ -77,8 +77,8 @@ class _Batch:
     """Windows read ahead of the model: inputs, and per window its centre's validity and truth."""
 
     windows: list
-    t0: torch.Tensor  # (N, C, h, w) float in [0, 1]
-    t1: torch.Tensor
+    t0: np.ndarray  # (N, h, w, C) uint8; made model input in the model's thread (see _score_batch)
+    t1: np.ndarray
     valid: list[np.ndarray]  # (h, w) bool of each kept centre
     truth: list[np.ndarray | None]  # class ids of each kept centre, when the pair has a mask
 
@@ -106,10 +106,10 @@ def _centre(w) -> tuple[slice, slice]:
 class _Outputs:
     """The temporary tiled GeoTIFFs a scene's kept centres are written into (by one thread)."""
 
-    def __init__(self, pair, folder: Path, opts: SceneOptions, metrics: ChangeMetrics, stats: dict) -> None:
+    def __init__(self, pair, folder: Path, opts: SceneOptions, stats: dict) -> None:
         import rasterio
 
-        self.metrics, self.stats, self.opts = metrics, stats, opts
+        self.stats = stats
         self.mask_path = folder / "mask.tif"
         self.mask = rasterio.open(self.mask_path, "w", **tiled_profile(pair.t0, dtype="uint8", nodata=MASK_NODATA))
         self.prob = None
@@ -123,7 +123,7 @@ class _Outputs:
         started = time.perf_counter()
         for k, w in enumerate(scored.batch.windows):
             ys, xs = _centre(w)
-            valid, truth = scored.batch.valid[k], scored.batch.truth[k]
+            valid = scored.batch.valid[k]
             classes = scored.classes[k, ys, xs].copy()
             classes[~valid] = MASK_NODATA
             window = _rio(w.y0, w.x0, w.y1 - w.y0, w.x1 - w.x0)
@@ -132,10 +132,6 @@ class _Outputs:
                 self._write_probability(window, scored.change[k, ys, xs], valid)
             self.stats["valid"] += int(valid.sum())
             self.stats["changed"] += int(np.count_nonzero((classes != 0) & valid))
-            if truth is not None:
-                truth[~valid] = self.opts.ignore_index
-                pred = np.where(valid, classes, 0)
-                self.metrics.update(torch.from_numpy(pred).long(), torch.from_numpy(truth).long())
         self.stats["write_s"] += time.perf_counter() - started
 
     def _write_probability(self, window, p: np.ndarray, valid: np.ndarray) -> None:
@@ -166,14 +162,16 @@ def _read_batches(pair, windows: list, step: int, opts: SceneOptions, num_classe
         valid = [r[2][_centre(w)] for r, w in zip(reads, chunk)]
         truth = [pair.read_mask(_rio(w.y0, w.x0, w.y1 - w.y0, w.x1 - w.x0), mask_values=opts.mask_values,
                                 num_classes=num_classes, ignore_index=opts.ignore_index) for w in chunk]
-        a = to_model_input(torch.from_numpy(np.stack([r[0] for r in reads])))
-        b = to_model_input(torch.from_numpy(np.stack([r[1] for r in reads])))
+        a, b = np.stack([r[0] for r in reads]), np.stack([r[1] for r in reads])
         stats["read_s"] += time.perf_counter() - started
         yield _Batch(chunk, a, b, valid, truth)
 
 
 def _score_batch(predictor, batch: _Batch, cut: float | None, *, change: bool) -> _Scored:
-    proba = predictor.forward(batch.t0, batch.t1)
+    # Torch runs in this thread only: a torch op in another thread starts a second pool of
+    # intra-op threads that competes with the model's for the same cores.
+    a, b = (to_model_input(torch.from_numpy(x)) for x in (batch.t0, batch.t1))
+    proba = predictor.forward(a, b)
     if hasattr(predictor, "classes"):
         classes = predictor.classes(proba, cut)
     else:
@@ -182,7 +180,18 @@ def _score_batch(predictor, batch: _Batch, cut: float | None, *, change: bool) -
     return _Scored(batch, classes.to(torch.uint8).cpu().numpy(), p)
 
 
-def _predict_windows(predictor, pair, opts: SceneOptions, outputs: _Outputs, stats: dict) -> int:
+def _update_metrics(metrics: ChangeMetrics, scored: _Scored, ignore_index: int) -> None:
+    """Score the kept centres against the truth (in the model's thread: torch stays in one thread)."""
+    for k, w in enumerate(scored.batch.windows):
+        truth, valid = scored.batch.truth[k], scored.batch.valid[k]
+        if truth is None:
+            continue
+        truth[~valid] = ignore_index
+        pred = np.where(valid, scored.classes[k][_centre(w)], 0)
+        metrics.update(torch.from_numpy(pred).long(), torch.from_numpy(truth).long())
+
+
+def _predict_windows(predictor, pair, opts: SceneOptions, outputs: _Outputs, metrics: ChangeMetrics, stats: dict) -> int:
     """Stream every window through the model, reading ahead and writing behind in
     background threads (bounded queues); returns the window count."""
     windows, step = _windows_of(predictor, pair.height, pair.width)
@@ -201,6 +210,7 @@ def _predict_windows(predictor, pair, opts: SceneOptions, outputs: _Outputs, sta
                 break
             started = time.perf_counter()
             scored = _score_batch(predictor, batch, cut, change=outputs.prob is not None)
+            _update_metrics(metrics, scored, opts.ignore_index)
             stats["model_s"] += time.perf_counter() - started
             started = time.perf_counter()
             sink.put(scored)
@@ -233,9 +243,9 @@ def score_scene(predictor, row: dict, *, output_uri: str, opts: SceneOptions, st
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), tempfile.TemporaryDirectory(prefix="changeseg-scene-") as tmp, \
             open_scene_pair(row, opts.raster, storage_options) as pair:
         folder = Path(tmp)
-        outputs = _Outputs(pair, folder, opts, metrics, stats)
+        outputs = _Outputs(pair, folder, opts, stats)
         try:
-            tiles = _predict_windows(predictor, pair, opts, outputs, stats)
+            tiles = _predict_windows(predictor, pair, opts, outputs, metrics, stats)
         finally:
             outputs.close()
         crs, bounds = (pair.t0.crs.to_string() if pair.t0.crs else ""), scene_bounds(pair.t0)
