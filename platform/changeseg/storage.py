@@ -43,6 +43,20 @@ def _s3_options(storage: StorageSection | None) -> dict:
     return options
 
 
+def gdal_s3_options(storage: StorageSection | None = None) -> dict:
+    """GDAL's ``/vsis3/`` settings for the endpoint and region :func:`filesystem_for` uses, so
+    rasterio reads ``s3://`` rasters in place (credentials: GDAL reads the AWS variables)."""
+    options = _s3_options(storage)
+    # No listing of the object's "folder" on open: GDAL would probe it for sidecar files.
+    out = {"AWS_REGION": options["region"], "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+    if options.get("anonymous"):
+        out["AWS_NO_SIGN_REQUEST"] = "YES"
+    if "endpoint_override" in options:
+        out.update(AWS_S3_ENDPOINT=options["endpoint_override"], AWS_HTTPS="YES" if options["scheme"] == "https" else "NO",
+                   AWS_VIRTUAL_HOSTING="FALSE")
+    return out
+
+
 def filesystem_for(uri: str, storage: StorageSection | None = None) -> tuple[pafs.FileSystem, str]:
     """Return ``(filesystem, path)`` where ``path`` is what the filesystem expects."""
     if uri.startswith("s3://"):

@@ -167,3 +167,40 @@ def test_fine_tune_four_bands_from_imagenet_weights(tmp_path):
     fit = fit_local(cfg, [record], device="cpu", progress=None)
     assert fit.steps == 2 and all(np.isfinite(fit.losses))
     assert fit.model.backbone.stem[0].weight.shape[1] == 4
+
+
+def test_s3_scenes_are_read_in_place_window_by_window(tmp_path, s3_endpoint, s3_bucket, monkeypatch, scenes):
+    import rasterio
+
+    from changeseg import storage
+    from changeseg.config import StorageSection
+    from changeseg.data.raster import load_raster_pair
+    from changeseg.inference.predictor import Predictor
+    from changeseg.inference.scene import SceneOptions, score_scene
+    from changeseg.models import create_model
+
+    opts = StorageSection(endpoint_url=s3_endpoint)
+    local = scenes["shifted"]  # t1 on another grid: its WarpedVRT reads /vsis3/ too
+    remote = {"pair_id": "scene"}
+    for key in ("t0", "t1", "mask"):
+        remote[key] = f"s3://{s3_bucket}/scenes/{key}/scene.tif"
+        storage.write_bytes(remote[key], open(local[key], "rb").read(), opts)
+
+    def no_download(*_a, **_k):
+        raise AssertionError("a remote raster was downloaded whole")
+
+    monkeypatch.setattr(storage, "read_bytes", no_download)  # the only way to a whole copy
+    window = load_raster_pair(remote, raster=FOUR, storage_options=opts, crop=(64, np.random.default_rng(5)))
+    expected = load_raster_pair(local, raster=FOUR, crop=(64, np.random.default_rng(5)))
+    assert window["t0"].shape == (64, 64, 4)
+    for key in ("t0", "t1", "mask"):
+        np.testing.assert_array_equal(window[key], expected[key])
+
+    torch.manual_seed(0)
+    model = create_model(backbone="resnet18", msf_width=16, msf_scales=2, head="fcn", in_channels=4)
+    predictor = Predictor(model, tile_size=256, tile_overlap=32, batch_size=2)
+    outs = [score_scene(predictor, row, output_uri=str(tmp_path / name), opts=SceneOptions(raster=FOUR),
+                        storage_options=opts) for name, row in (("s3", remote), ("local", local))]
+    assert outs[0]["tiles"] > 1 and outs[0]["metrics_state"] == outs[1]["metrics_state"]
+    with rasterio.open(outs[0]["mask_uri"]) as a, rasterio.open(outs[1]["mask_uri"]) as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))

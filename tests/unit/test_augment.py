@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from changeseg.config import ConfigError, build_config
 from changeseg.data.pipeline import augment_options
@@ -146,3 +147,38 @@ def test_resize_when_read(tmp_path):
     assert out["t0"].shape == (16, 24, 3) and out["mask"].shape == (16, 24)
     # nearest: each mask pixel doubled in both directions
     assert np.array_equal(out["mask"], np.repeat(np.repeat(arrays["a"]["mask"], 2, 0), 2, 1))
+
+
+def test_resize_and_scale_jitter_keep_every_band_of_a_4_band_pair():
+    from changeseg.data.transforms import resize_image
+
+    ramp = np.tile((np.arange(16) * 4).astype(np.uint8), (8, 1))  # v = 4x along x
+    bands = np.stack([ramp, ramp // 2, np.full_like(ramp, 30), np.zeros_like(ramp)], -1)  # band 4 = 0: not alpha
+    s = {"t0": bands, "t1": bands[..., ::-1].copy(), "mask": (ramp > 30).astype(np.uint8)}
+    out = rescale(s, 0.5)
+    assert out["t0"].shape == (4, 8, 4) and out["t1"].shape == (4, 8, 4) and out["mask"].shape == (4, 8)
+    # Halving a linear ramp: output x samples input x = 2x + 0.5, so v = 8x + 2 away from the edges
+    # (the bilinear filter is symmetric there); the constant bands stay constant.
+    expected = 8 * np.arange(8) + 2
+    np.testing.assert_array_equal(out["t0"][0, 1:-1, 0], expected[1:-1])
+    np.testing.assert_array_equal(out["t0"][0, 1:-1, 1], expected[1:-1] // 2)
+    assert (out["t0"][..., 2] == 30).all() and (out["t0"][..., 3] == 0).all()
+    np.testing.assert_array_equal(out["t1"], out["t0"][..., ::-1])  # every band alike, wherever it sits
+    # three of the four bands resize exactly as Pillow resizes an RGB image
+    rgb = np.asarray(Image.fromarray(np.ascontiguousarray(bands[..., :3])).resize((8, 4), Image.BILINEAR))
+    np.testing.assert_array_equal(out["t0"][..., :3], rgb)
+    assert resize_image(np.zeros((3, 5, 6), np.uint8), (10, 6)).shape == (6, 10, 6)  # six bands
+    jittered = augment_pair(s, _Fixed(uniform=2.0), crop_size=None, hflip=False, vflip=False, scale_jitter=(2.0, 2.0))
+    assert jittered["t0"].shape == (16, 32, 4) and (jittered["t0"][..., 3] == 0).all()
+    assert set(np.unique(jittered["mask"])) <= {0, 1}
+
+
+def test_resize_when_read_keeps_4_bands_of_a_raster_pair(tmp_path):
+    import geo_scenes as g
+
+    from changeseg.data.decode import load_pair
+
+    row = g.scene_pair(tmp_path, size=(40, 60))
+    raster = {"bands": (1, 2, 3, 4), "scaling": "range", "value_range": (0, 10000)}
+    out = load_pair(row, resize=(20, 30), raster=raster)
+    assert out["t0"].shape == (20, 30, 4) and out["t1"].shape == (20, 30, 4) and out["mask"].shape == (20, 30)

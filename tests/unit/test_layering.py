@@ -126,16 +126,6 @@ def test_torch_free_modules(module):
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-# Being changed elsewhere; their function-local imports are reviewed there (pending).
-PENDING_LOCAL_IMPORTS = {"models", "config.py", "data/raster.py", "inference/scene.py", "data/transforms.py",
-                         "serving/inputs.py"}
-
-
-def _pending(path: Path) -> bool:
-    relative = path.relative_to(PACKAGE).as_posix()
-    return any(relative == p or relative.startswith(p + "/") for p in PENDING_LOCAL_IMPORTS)
-
-
 def _uncommented_local_imports(path: Path) -> list[str]:
     """Imports inside functions with no comment saying why: on their line, on the line
     before, or (a run of imports) on the line before the run."""
@@ -159,6 +149,5 @@ def _uncommented_local_imports(path: Path) -> list[str]:
 
 
 def test_function_local_imports_say_why():
-    bad = [line for path in sorted(PACKAGE.rglob("*.py")) if not _pending(path)
-           for line in _uncommented_local_imports(path)]
+    bad = [line for path in sorted(PACKAGE.rglob("*.py")) for line in _uncommented_local_imports(path)]
     assert not bad, "import at module level, or say why it is lazy in a comment:\n" + "\n".join(bad)

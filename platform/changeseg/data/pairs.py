@@ -7,12 +7,10 @@ bytes): the dispatch between the two sits above both, so neither imports the oth
 
 from __future__ import annotations
 
-import numpy as np
-from PIL import Image
-
 from changeseg.config import StorageSection
 from changeseg.data.decode import ImageTooLarge, decode_image, decode_mask, member_bytes
 from changeseg.data.raster import is_raster_row, load_raster_pair
+from changeseg.data.transforms import resize_pair
 
 __all__ = ["load_pair"]
 
@@ -38,8 +36,11 @@ def load_pair(
     options ``raster``; ``crop`` = (size, rng) reads one random window instead of the whole).
     """
     if is_raster_row(row):
-        return load_raster_pair(row, raster=raster, mask_values=mask_values, storage_options=storage_options,
-                                num_classes=num_classes, ignore_index=ignore_index, max_pixels=max_pixels, crop=crop)
+        out = load_raster_pair(row, raster=raster, mask_values=mask_values, storage_options=storage_options,
+                               num_classes=num_classes, ignore_index=ignore_index, max_pixels=max_pixels, crop=crop)
+        if resize is not None and tuple(out["t0"].shape[:2]) != tuple(resize):
+            out = resize_pair(out, (int(resize[1]), int(resize[0])))
+        return out
     pid = row["pair_id"]
     try:
         t0 = decode_image(member_bytes(row, "t0", storage_options), max_pixels=max_pixels)
@@ -64,9 +65,5 @@ def load_pair(
             raise ValueError(f"pair {pid}: mask is {mask.shape} but images are {t0.shape[:2]}")
         out["mask"] = mask
     if resize is not None and tuple(t0.shape[:2]) != tuple(resize):
-        size = (int(resize[1]), int(resize[0]))
-        for key in ("t0", "t1", "mask"):
-            if key in out:
-                method = Image.NEAREST if key == "mask" else Image.BILINEAR
-                out[key] = np.asarray(Image.fromarray(out[key]).resize(size, method))
+        out = resize_pair(out, (int(resize[1]), int(resize[0])))
     return out

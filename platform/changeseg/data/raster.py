@@ -20,6 +20,8 @@ from __future__ import annotations
 # native library that only georeferenced inputs need, so image-only jobs never load it.
 import contextlib
 import functools
+import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
@@ -28,11 +30,15 @@ from typing import Any
 import numpy as np
 
 from changeseg import storage
+from changeseg.data.decode import CHANGESIM_COLOURS, ImageTooLarge, _binary, _colormap, _some_values, member_bytes
 
-__all__ = ["RASTER_SUFFIXES", "RasterOptions", "ScenePair", "is_raster_row", "is_raster_uri", "load_raster_pair",
-           "open_scene_pair", "raster_options"]
+__all__ = ["RASTER_SUFFIXES", "RasterOptions", "ScenePair", "is_raster_bytes", "is_raster_row", "is_raster_uri",
+           "load_raster_pair", "open_scene_pair", "raster_options", "read_image_bytes"]
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
+# TIFF and BigTIFF (both byte orders), JPEG 2000 (JP2 box, raw codestream).
+BYTES_DRIVERS = ("GTiff", "JP2OpenJPEG")
+RASTER_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+", b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xffO\xffQ")
 
 
 @dataclass(frozen=True)
@@ -67,21 +73,59 @@ def is_raster_row(row: dict) -> bool:
     return is_raster_uri(row.get("t0"))
 
 
+def is_raster_bytes(data: bytes) -> bool:
+    """Whether encoded bytes are a TIFF or JPEG 2000 (read here, like ``.tif`` and ``.jp2`` files)."""
+    return bytes(data[:12]).startswith(RASTER_MAGIC)
+
+
+def read_image_bytes(data: bytes, *, opts: dict | RasterOptions | None = None, name: str = "image",
+                     max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, C) uint8 and (H, W) validity of an in-memory raster by the rules files are read
+    with (bands, scaling; nodata -> 0); its size is checked against ``max_pixels`` before any
+    pixel is read."""
+    import rasterio  # lazy: GDAL, see the module note
+
+    opts = opts if isinstance(opts, RasterOptions) else RasterOptions(**{**(opts or {})})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # plain TIFFs are fine here
+        return _read_bytes(data, opts=opts, name=name, max_pixels=max_pixels)
+
+
+def _read_bytes(data: bytes, *, opts: RasterOptions, name: str, max_pixels: int | None) -> tuple[np.ndarray, np.ndarray]:
+    import rasterio  # lazy: GDAL, see the module note
+    from rasterio.io import MemoryFile  # lazy: GDAL, see the module note
+
+    try:
+        # Request bytes: only the drivers of the formats recognised by their magic may parse them.
+        with MemoryFile(bytes(data)) as mem, mem.open(driver=list(BYTES_DRIVERS)) as ds:
+            if max_pixels is not None and ds.width * ds.height > max_pixels:
+
+                raise ImageTooLarge(f"{name} is {ds.width}x{ds.height}, over the limit of {max_pixels} pixels")
+            bands = pick_bands(ds, opts.bands, name)
+            return read_scaled(ds, bands, band_ranges(ds, bands, opts))
+    except rasterio.errors.RasterioIOError as err:
+        raise ValueError(f"{name} is not a readable raster: {err}") from None
+
+
 @contextlib.contextmanager
 def open_raster(row: dict, key: str, storage_options=None) -> Iterator[Any]:
-    """A rasterio dataset of member ``key``: local files opened in place (windowed reads
-    touch only their blocks), inline or shard bytes and remote objects from memory."""
-    import rasterio
-    from rasterio.io import MemoryFile
+    """A rasterio dataset of member ``key``: local files and ``s3://`` objects opened in place
+    (windowed reads fetch only their blocks; S3 through GDAL's ``/vsis3/`` with the
+    project's endpoint settings), inline or shard bytes from memory."""
+    import rasterio  # lazy: GDAL, see the module note
+    from rasterio.io import MemoryFile  # lazy: GDAL, see the module note
 
     uri = row.get(key) or ""
-    local = uri and not storage.is_remote(uri) and row.get(f"{key}_data") is None and not row.get("shard")
+    in_place = uri and row.get(f"{key}_data") is None and not row.get("shard")
     try:
-        if local:
+        if in_place and uri.startswith("s3://"):
+            with rasterio.Env(**storage.gdal_s3_options(storage_options)), rasterio.open(uri) as ds:
+                yield ds
+            return
+        if in_place and not storage.is_remote(uri):
             with rasterio.open(uri.removeprefix("file://")) as ds:
                 yield ds
             return
-        from changeseg.data.decode import member_bytes
 
         data = member_bytes(row, key, storage_options)
         with MemoryFile(data) as mem, mem.open() as ds:
@@ -118,7 +162,7 @@ def band_ranges(ds: Any, bands: list[int], opts: RasterOptions) -> np.ndarray:
 
 @functools.lru_cache(maxsize=256)
 def _cached_percentiles(name: str, mtime: float, bands: tuple[int, ...], percentiles: tuple[float, float]) -> np.ndarray:
-    import rasterio
+    import rasterio  # lazy: GDAL, see the module note
 
     with rasterio.open(name) as ds:
         return _percentile_ranges(ds, bands, percentiles, cache=False)
@@ -127,7 +171,6 @@ def _cached_percentiles(name: str, mtime: float, bands: tuple[int, ...], percent
 def _percentile_ranges(ds: Any, bands: tuple[int, ...], percentiles: tuple[float, float], *, cache: bool = True) -> np.ndarray:
     """Percentiles per band from a read of at most 1024 px a side (once per local file and
     modification time: training reads many windows of one scene)."""
-    import os
 
     if cache and os.path.isfile(ds.name):
         return _cached_percentiles(ds.name, os.path.getmtime(ds.name), bands, percentiles)
@@ -146,24 +189,69 @@ def _percentile_ranges(ds: Any, bands: tuple[int, ...], percentiles: tuple[float
 
 
 def _resampling(name: str):
-    from rasterio.enums import Resampling
+    from rasterio.enums import Resampling  # lazy: GDAL, see the module note
 
     return getattr(Resampling, name)
 
 
 def scale_to_uint8(data: np.ndarray, ranges: np.ndarray) -> np.ndarray:
-    """(C, h, w) raw values -> (h, w, C) uint8 of (v - low) / (high - low), clipped to [0, 1]."""
-    low = ranges[:, 0].reshape(-1, 1, 1)
-    span = (ranges[:, 1] - ranges[:, 0]).reshape(-1, 1, 1)
-    scaled = (data.astype(np.float32) - low) / span
-    return np.rint(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(1, 2, 0)
+    """(C, h, w) raw values -> (h, w, C) uint8 of (v - low) / (high - low), clipped to [0, 1].
+
+    8- and 16-bit integers go through a per-band lookup table (one gather instead of six
+    float passes over the window); other types are computed directly, with the same formula."""
+    out = np.empty((*data.shape[1:], data.shape[0]), np.uint8)
+    if data.dtype.kind in "ui" and data.dtype.itemsize <= 2:
+        tables = _lookup_tables(data.dtype.str, tuple(map(tuple, np.asarray(ranges, np.float64))))
+        offset = int(np.iinfo(data.dtype).min)
+        for i in range(data.shape[0]):
+            index = data[i] if offset == 0 else data[i].astype(np.int32) - offset
+            out[..., i] = tables[i][index]
+        return out
+    out[...] = _scaled(data, np.asarray(ranges, np.float64)).transpose(1, 2, 0)
+    return out
+
+
+def _scaled(values: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+    low = ranges[:, 0].reshape(-1, *([1] * (values.ndim - 1)))
+    span = (ranges[:, 1] - ranges[:, 0]).reshape(low.shape)
+    scaled = (values.astype(np.float32) - low.astype(np.float32)) / span.astype(np.float32)
+    return np.rint(np.nan_to_num(np.clip(scaled, 0.0, 1.0)) * 255.0).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=64)
+def _lookup_tables(dtype: str, ranges: tuple[tuple[float, float], ...]) -> np.ndarray:
+    """(C, 2**bits) uint8: the scaled value of every possible sample, per band."""
+    info = np.iinfo(np.dtype(dtype))
+    values = np.arange(info.min, info.max + 1, dtype=np.float64)
+    return _scaled(np.broadcast_to(values, (len(ranges), values.size)), np.asarray(ranges, np.float64))
+
+
+def _invalid(ds: Any, bands: list[int], data: np.ndarray, window=None) -> np.ndarray:
+    """(h, w) True where any band is nodata (or NaN). Where a nodata value is a band's only
+    mask it is compared here: GDAL's nodata mask bands would cost a second pass per band."""
+    from rasterio.enums import MaskFlags  # lazy: GDAL, see the module note
+
+    invalid = np.zeros(data.shape[1:], bool)
+    if data.dtype.kind == "f":
+        invalid |= np.isnan(data).any(0)
+    gdal_masks = []
+    for i, b in enumerate(bands):
+        flags = ds.mask_flag_enums[b - 1]
+        if flags == [MaskFlags.nodata]:
+            nodata = ds.nodatavals[b - 1]
+            invalid |= np.isnan(data[i]) if np.isnan(nodata) else data[i] == nodata
+        elif flags != [MaskFlags.all_valid]:
+            gdal_masks.append(b)  # an internal mask, an alpha band, a WarpedVRT's footprint
+    if gdal_masks:
+        invalid |= (ds.read_masks(gdal_masks, window=window) == 0).any(0)
+    return invalid
 
 
 def read_scaled(ds: Any, bands: list[int], ranges: np.ndarray, window=None) -> tuple[np.ndarray, np.ndarray]:
     """(h, w, C) uint8 and (h, w) validity of a window (None = whole); nodata and masked pixels are 0."""
-    data = ds.read(bands, window=window, masked=True)
-    invalid = np.ma.getmaskarray(data).any(0)
-    image = scale_to_uint8(np.ma.filled(data, 0), ranges)
+    data = ds.read(bands, window=window)
+    invalid = _invalid(ds, bands, data, window)
+    image = scale_to_uint8(data, ranges)
     image[invalid] = 0
     return image, ~invalid
 
@@ -187,7 +275,7 @@ def grid_difference(ds0: Any, ds1: Any) -> str | None:
 
 
 def _check_overlap(ds0: Any, ds1: Any) -> None:
-    from rasterio.warp import transform_bounds
+    from rasterio.warp import transform_bounds  # lazy: GDAL, see the module note
 
     left, bottom, right, top = transform_bounds(ds1.crs, ds0.crs, *ds1.bounds)
     b0 = ds0.bounds
@@ -209,7 +297,7 @@ def on_grid(ds0: Any, ds: Any, *, name: str, align: str, resampling: str, stack:
     if align == "reject":
         raise ValueError(f"{name} is not on t0's grid ({diff}) and data.align is reject")
     _check_overlap(ds0, ds)
-    from rasterio.vrt import WarpedVRT
+    from rasterio.vrt import WarpedVRT  # lazy: GDAL, see the module note
 
     extra = {} if ds.nodata is not None else {"add_alpha": True}
     return stack.enter_context(WarpedVRT(ds, crs=ds0.crs, transform=ds0.transform, width=ds0.width, height=ds0.height,
@@ -279,7 +367,6 @@ def open_scene_pair(row: dict, opts: dict | RasterOptions | None = None, storage
 def mask_classes(ds: Any, window=None, *, mask_values: str = "binary", num_classes: int | None = None,
                  ignore_index: int = 255) -> np.ndarray:
     """A mask raster window -> class indices (h, w) uint8 per ``mask_values``; its nodata -> ignore."""
-    from changeseg.data.decode import CHANGESIM_COLOURS, _binary, _colormap, _some_values
 
     if mask_values.startswith("colormap:"):
         rgb = ds.read([1, 2, 3] if ds.count >= 3 else [1, 1, 1], window=window, masked=True)
@@ -329,7 +416,6 @@ def load_raster_pair(
     try:
         with open_scene_pair(row, raster, storage_options) as pair:
             if max_pixels is not None and crop is None and pair.height * pair.width > max_pixels:
-                from changeseg.data.decode import ImageTooLarge
 
                 raise ImageTooLarge(f"image is {pair.width}x{pair.height}, over the limit of {max_pixels} pixels")
             window = None if crop is None else random_window(pair.height, pair.width, crop[0], crop[1])
@@ -349,7 +435,7 @@ def count_mask_pixels(row: dict, *, raster: dict | None = None, storage_options=
                       num_classes: int | None = None, ignore_index: int = 255, rows: int = 1024, **_: Any) -> tuple[int, int]:
     """(changed, unchanged) labelled pixels of a raster pair, read in strips of ``rows`` (the
     screening pass: checks bands, grids and mask values without holding the scene)."""
-    from rasterio.windows import Window
+    from rasterio.windows import Window  # lazy: GDAL, see the module note
 
     changed = unchanged = 0
     with open_scene_pair(row, raster, storage_options) as pair:
@@ -369,7 +455,7 @@ def count_mask_pixels(row: dict, *, raster: dict | None = None, storage_options=
 
 def random_window(height: int, width: int, size: int, rng: np.random.Generator):
     """A random ``size`` window inside the scene (the whole side when the scene is smaller)."""
-    from rasterio.windows import Window
+    from rasterio.windows import Window  # lazy: GDAL, see the module note
 
     h, w = min(size, height), min(size, width)
     y = int(rng.integers(0, height - h + 1))

@@ -57,18 +57,37 @@ def random_rotate90(sample: dict, rng: np.random.Generator) -> dict:
     return out
 
 
+def resize_image(image: np.ndarray, size: tuple[int, int], *, nearest: bool = False) -> np.ndarray:
+    """(H, W) or (H, W, C) uint8 resized to ``size`` = (width, height), band by band.
+
+    Pillow resamples each band of an 8-bit image alike, but only knows 1, 3 and 4-band
+    images, and treats a 4th band as alpha (premultiplied while resampling): so every
+    band goes through its own single-band image and any band count resizes the same way."""
+    method = Image.NEAREST if nearest else Image.BILINEAR
+    if image.ndim == 2:
+        return np.asarray(Image.fromarray(image).resize(size, method))
+    out = np.empty((size[1], size[0], image.shape[2]), image.dtype)
+    for band in range(image.shape[2]):
+        out[..., band] = np.asarray(Image.fromarray(np.ascontiguousarray(image[..., band])).resize(size, method))
+    return out
+
+
+def resize_pair(sample: dict, size: tuple[int, int]) -> dict:
+    """t0, t1 (any band count) bilinear and the mask nearest (class ids stay ids) to ``size`` = (width, height)."""
+    out = dict(sample)
+    for key in ("t0", "t1", "mask"):
+        if key in out:
+            out[key] = resize_image(out[key], size, nearest=key == "mask")
+    return out
+
+
 def rescale(sample: dict, factor: float) -> dict:
     """Resize by ``factor``: bilinear for the images, nearest for the mask (class ids stay ids)."""
     h, w = sample["t0"].shape[:2]
     size = (max(1, round(w * factor)), max(1, round(h * factor)))
     if size == (w, h):
         return sample
-    out = dict(sample)
-    for key in ("t0", "t1", "mask"):
-        if key in out:
-            resample = Image.NEAREST if key == "mask" else Image.BILINEAR
-            out[key] = np.asarray(Image.fromarray(out[key]).resize(size, resample))
-    return out
+    return resize_pair(sample, size)
 
 
 def jitter_colour(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:

@@ -4,7 +4,9 @@ A scene pair is never held whole: the seamless windows of
 :mod:`changeseg.inference.tiling` are read from the rasters (t1 through its alignment
 to t0's grid), run through :meth:`Predictor.forward` in batches of the predictor's
 pixel budget, and only each window's kept centre is written to a tiled GeoTIFF beside
-the output. Memory is bounded by the tile size and batch, not the scene. Afterwards
+the output. Reading runs ahead of the model and writing behind it in two background
+threads (:mod:`changeseg.inference.background`; GDAL releases the GIL), through
+bounded queues, so memory is bounded by the tile size and batch, not the scene. Afterwards
 the GeoTIFFs become COGs and the changed regions GeoJSON polygons
 (:mod:`changeseg.inference.geo_outputs`).
 """
@@ -27,6 +29,7 @@ import torch
 from changeseg import storage
 from changeseg.data.decode import to_model_input
 from changeseg.data.raster import is_raster_row, open_raster, open_scene_pair, raster_options
+from changeseg.inference.background import Prefetch, Sink
 from changeseg.inference.geo_outputs import MASK_NODATA, scene_bounds, tiled_profile, to_cog, write_regions
 from changeseg.inference.naming import pair_file_name
 from changeseg.inference.tiling import plan_windows
@@ -35,6 +38,7 @@ from changeseg.metrics import ChangeMetrics
 __all__ = ["SceneOptions", "is_scene", "score_scene"]
 
 GDAL_CACHE_MB = 64
+PREFETCH = 2  # batches read ahead of the model, and scored batches waiting to be written
 
 
 @dataclass(frozen=True)
@@ -68,27 +72,69 @@ def is_scene(row: dict, storage_options=None) -> bool:
         return ds.crs is not None and not ds.transform.is_identity
 
 
+@dataclass
+class _Batch:
+    """Windows read ahead of the model: inputs, and per window its centre's validity and truth."""
+
+    windows: list
+    t0: np.ndarray  # (N, h, w, C) uint8; made model input in the model's thread (see _score_batch)
+    t1: np.ndarray
+    valid: list[np.ndarray]  # (h, w) bool of each kept centre
+    truth: list[np.ndarray | None]  # class ids of each kept centre, when the pair has a mask
+
+
+@dataclass
+class _Scored:
+    """A batch after the model: class ids and P(change) of whole windows, on the CPU."""
+
+    batch: _Batch
+    classes: np.ndarray  # (N, h, w) uint8
+    change: np.ndarray | None  # (N, h, w) float32, when probabilities are written
+
+
+def _rio(y: int, x: int, height: int, width: int):
+    from rasterio.windows import Window as RioWindow  # lazy: GDAL, see the module note
+
+    return RioWindow(x, y, width, height)
+
+
+def _centre(w) -> tuple[slice, slice]:
+    """The kept centre of window ``w`` in the window's own pixel coordinates."""
+    return slice(w.y0 - w.y, w.y1 - w.y), slice(w.x0 - w.x, w.x1 - w.x)
+
+
 class _Outputs:
-    """The temporary tiled GeoTIFFs a scene's windows are written into."""
+    """The temporary tiled GeoTIFFs a scene's kept centres are written into (by one thread)."""
 
-    def __init__(self, pair, folder: Path, opts: SceneOptions) -> None:
-        import rasterio
+    def __init__(self, pair, folder: Path, opts: SceneOptions, stats: dict) -> None:
+        import rasterio  # lazy: GDAL, see the module note
 
+        self.stats = stats
         self.mask_path = folder / "mask.tif"
         self.mask = rasterio.open(self.mask_path, "w", **tiled_profile(pair.t0, dtype="uint8", nodata=MASK_NODATA))
         self.prob = None
+        self.as_float = opts.probability_dtype == "float32"
         if opts.write_probabilities:
             self.prob_path = folder / "probability.tif"
-            as_float = opts.probability_dtype == "float32"
-            profile = tiled_profile(pair.t0, dtype=opts.probability_dtype, nodata=float("nan") if as_float else None)
-            self.prob = rasterio.open(self.prob_path, "w", **profile)
-            self.as_float = as_float
+            nodata = float("nan") if self.as_float else None
+            self.prob = rasterio.open(self.prob_path, "w", **tiled_profile(pair.t0, dtype=opts.probability_dtype, nodata=nodata))
 
-    def write(self, window, classes: np.ndarray, change: torch.Tensor, valid: np.ndarray) -> None:
-        self.mask.write(classes, 1, window=window)
-        if self.prob is None:
-            return
-        p = change.float().cpu().numpy()
+    def write_batch(self, scored: _Scored) -> None:
+        started = time.perf_counter()
+        for k, w in enumerate(scored.batch.windows):
+            ys, xs = _centre(w)
+            valid = scored.batch.valid[k]
+            classes = scored.classes[k, ys, xs].copy()
+            classes[~valid] = MASK_NODATA
+            window = _rio(w.y0, w.x0, w.y1 - w.y0, w.x1 - w.x0)
+            self.mask.write(classes, 1, window=window)
+            if self.prob is not None:
+                self._write_probability(window, scored.change[k, ys, xs], valid)
+            self.stats["valid"] += int(valid.sum())
+            self.stats["changed"] += int(np.count_nonzero((classes != 0) & valid))
+        self.stats["write_s"] += time.perf_counter() - started
+
+    def _write_probability(self, window, p: np.ndarray, valid: np.ndarray) -> None:
         if self.as_float:
             self.prob.write(np.where(valid, p, np.nan).astype(np.float32), 1, window=window)
         else:
@@ -107,45 +153,71 @@ def _windows_of(predictor, height: int, width: int):
     return windows, predictor._window_step(1, windows[0])
 
 
-def _predict_windows(predictor, pair, opts: SceneOptions, outputs: _Outputs, metrics, stats: dict) -> int:
-    """Stream every window through the model; returns the window count."""
-    from rasterio.windows import Window as RioWindow
+def _read_batches(pair, windows: list, step: int, opts: SceneOptions, num_classes: int, stats: dict):
+    """Batches of windows as model input (runs in the reader thread: it alone touches the inputs)."""
+    for first in range(0, len(windows), step):
+        chunk = windows[first : first + step]
+        started = time.perf_counter()
+        reads = [pair.read(_rio(w.y, w.x, w.height, w.width)) for w in chunk]
+        valid = [r[2][_centre(w)] for r, w in zip(reads, chunk)]
+        truth = [pair.read_mask(_rio(w.y0, w.x0, w.y1 - w.y0, w.x1 - w.x0), mask_values=opts.mask_values,
+                                num_classes=num_classes, ignore_index=opts.ignore_index) for w in chunk]
+        a, b = np.stack([r[0] for r in reads]), np.stack([r[1] for r in reads])
+        stats["read_s"] += time.perf_counter() - started
+        yield _Batch(chunk, a, b, valid, truth)
 
+
+def _score_batch(predictor, batch: _Batch, cut: float | None, *, change: bool) -> _Scored:
+    # Torch runs in this thread only: a torch op in another thread starts a second pool of
+    # intra-op threads that competes with the model's for the same cores.
+    a, b = (to_model_input(torch.from_numpy(x)) for x in (batch.t0, batch.t1))
+    proba = predictor.forward(a, b)
+    if hasattr(predictor, "classes"):
+        classes = predictor.classes(proba, cut)
+    else:
+        classes = proba.argmax(1).to(torch.uint8)
+    p = (1.0 - proba[:, 0]).clamp(0, 1).float().cpu().numpy() if change else None
+    return _Scored(batch, classes.to(torch.uint8).cpu().numpy(), p)
+
+
+def _update_metrics(metrics: ChangeMetrics, scored: _Scored, ignore_index: int) -> None:
+    """Score the kept centres against the truth (in the model's thread: torch stays in one thread)."""
+    for k, w in enumerate(scored.batch.windows):
+        truth, valid = scored.batch.truth[k], scored.batch.valid[k]
+        if truth is None:
+            continue
+        truth[~valid] = ignore_index
+        pred = np.where(valid, scored.classes[k][_centre(w)], 0)
+        metrics.update(torch.from_numpy(pred).long(), torch.from_numpy(truth).long())
+
+
+def _predict_windows(predictor, pair, opts: SceneOptions, outputs: _Outputs, metrics: ChangeMetrics, stats: dict) -> int:
+    """Stream every window through the model, reading ahead and writing behind in
+    background threads (bounded queues); returns the window count."""
     windows, step = _windows_of(predictor, pair.height, pair.width)
     # The model's stored operating point for a binary model (argmax when it has none).
     cut = predictor.threshold_for() if hasattr(predictor, "threshold_for") else None
     stats["threshold"] = cut
-    for first in range(0, len(windows), step):
-        chunk = windows[first : first + step]
+    batches = _read_batches(pair, windows, step, opts, predictor.num_classes, stats)
+    with Prefetch(batches, depth=PREFETCH, name="scene-read") as reads, \
+            Sink(outputs.write_batch, depth=PREFETCH, name="scene-write") as sink:
+        pending = iter(reads)
+        while True:
+            started = time.perf_counter()
+            batch = next(pending, None)
+            stats["read_wait_s"] += time.perf_counter() - started
+            if batch is None:
+                break
+            started = time.perf_counter()
+            scored = _score_batch(predictor, batch, cut, change=outputs.prob is not None)
+            _update_metrics(metrics, scored, opts.ignore_index)
+            stats["model_s"] += time.perf_counter() - started
+            started = time.perf_counter()
+            sink.put(scored)
+            stats["write_wait_s"] += time.perf_counter() - started
         started = time.perf_counter()
-        reads = [pair.read(RioWindow(w.x, w.y, w.width, w.height)) for w in chunk]
-        stats["read_s"] += time.perf_counter() - started
-        a = to_model_input(torch.from_numpy(np.stack([r[0] for r in reads])))
-        b = to_model_input(torch.from_numpy(np.stack([r[1] for r in reads])))
-        started = time.perf_counter()
-        proba = predictor.forward(a, b)
-        stats["model_s"] += time.perf_counter() - started
-        started = time.perf_counter()
-        for k, w in enumerate(chunk):
-            ys, xs = slice(w.y0 - w.y, w.y1 - w.y), slice(w.x0 - w.x, w.x1 - w.x)
-            part = proba[k, :, ys, xs]
-            valid = reads[k][2][ys, xs]
-            if hasattr(predictor, "classes"):
-                classes = predictor.classes(part[None], cut)[0].to(torch.uint8).cpu().numpy()
-            else:
-                classes = part.argmax(0).to(torch.uint8).cpu().numpy()
-            classes[~valid] = MASK_NODATA
-            centre = RioWindow(w.x0, w.y0, w.x1 - w.x0, w.y1 - w.y0)
-            outputs.write(centre, classes, (1.0 - part[0]).clamp(0, 1), valid)
-            stats["valid"] += int(valid.sum())
-            stats["changed"] += int(np.count_nonzero((classes != 0) & valid))
-            truth = pair.read_mask(centre, mask_values=opts.mask_values, num_classes=predictor.num_classes,
-                                   ignore_index=opts.ignore_index)
-            if truth is not None:
-                truth[~valid] = opts.ignore_index
-                pred = np.where(valid, classes, 0)
-                metrics.update(torch.from_numpy(pred).long(), torch.from_numpy(truth).long())
-        stats["write_s"] += time.perf_counter() - started
+        sink.close()
+        stats["write_wait_s"] += time.perf_counter() - started
     return len(windows)
 
 
@@ -162,15 +234,16 @@ def score_scene(predictor, row: dict, *, output_uri: str, opts: SceneOptions, st
     """Score one georeferenced pair into ``OUTPUT/masks|probabilities/<id>.tif`` and
     ``OUTPUT/regions/<id>.geojson``; returns the result row's fields (``stats``: timings)."""
     pid = row["pair_id"]
-    stats: dict[str, Any] = {"read_s": 0.0, "model_s": 0.0, "write_s": 0.0, "cog_s": 0.0, "regions_s": 0.0, "valid": 0, "changed": 0}
+    stats: dict[str, Any] = {"read_s": 0.0, "read_wait_s": 0.0, "model_s": 0.0, "write_s": 0.0, "write_wait_s": 0.0,
+                             "cog_s": 0.0, "regions_s": 0.0, "valid": 0, "changed": 0}
     metrics = ChangeMetrics(num_classes=predictor.num_classes, ignore_index=opts.ignore_index)
-    import rasterio
+    import rasterio  # lazy: GDAL, see the module note
 
     # GDAL's block cache defaults to 5 % of RAM and would grow with the scene: cap it.
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), tempfile.TemporaryDirectory(prefix="changeseg-scene-") as tmp, \
             open_scene_pair(row, opts.raster, storage_options) as pair:
         folder = Path(tmp)
-        outputs = _Outputs(pair, folder, opts)
+        outputs = _Outputs(pair, folder, opts, stats)
         try:
             tiles = _predict_windows(predictor, pair, opts, outputs, metrics, stats)
         finally:

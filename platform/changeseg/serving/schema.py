@@ -18,7 +18,9 @@ class ImageRef(BaseModel):
     """One image: base64-encoded file bytes, or a storage URI the service may read."""
 
     model_config = ConfigDict(extra="forbid")
-    data: str | None = Field(None, description="base64 of an encoded image file (PNG, JPEG, TIFF, ...)")
+    data: str | None = Field(None, description="base64 of an encoded image file (PNG, JPEG, WebP, ...), or of a "
+                             "(Geo)TIFF / JPEG 2000 of any band count and 8/16-bit or float samples, read with the "
+                             "service's data.bands and data.scaling; its bands must match the model's input channels")
     uri: str | None = Field(None, description="local path or s3:// URI under an allowed prefix")
 
     @model_validator(mode="after")
@@ -91,8 +93,8 @@ MULTIPART_SCHEMA = {
     "type": "object",
     "required": ["t0", "t1"],
     "properties": {
-        "t0": {"type": "string", "format": "binary", "description": "image before"},
-        "t1": {"type": "string", "format": "binary", "description": "image after"},
+        "t0": {"type": "string", "format": "binary", "description": "image before (PNG, JPEG, ..., or a multi-band GeoTIFF)"},
+        "t1": {"type": "string", "format": "binary", "description": "image after, the same kind and band count as t0"},
         "version": {"type": "string", "description": "registry version number or alias"},
         "probabilities": {"type": "boolean"},
         "overlay": {"type": "boolean"},
