@@ -98,7 +98,11 @@ def _pretrain(args: argparse.Namespace, cfg: Config) -> int:
         return 2
     print(f"{count} synthetic pairs in {out}", flush=True)
     # The training config validates like any other: the same file and overrides, on the pairs' folder.
-    result = finetune(load_config(args.config, args.overrides + [f"data.train_path={out.resolve()}", "data.layout=folder"]))
+    # A pretrained model is a starting point, not a registry version: it must never take the
+    # champion alias from a fine-tuned one (tracking.register_model=true overrides this).
+    overrides = ["tracking.register_model=false", *args.overrides,
+                 f"data.train_path={out.resolve()}", "data.layout=folder"]
+    result = finetune(load_config(args.config, overrides))
     print(f"pretrained checkpoint: {result.checkpoint_path}\n"
           f"fine-tune from it with: model.weights={result.checkpoint_path}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -159,3 +160,18 @@ def test_pretrain_command_needs_two_images_and_one_source(tmp_path, capsys):
     assert "at least 2 images, found 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         pretrain_main(["--images", str(tmp_path / "img"), "--pairs", str(tmp_path)])
+
+
+def test_pretrain_on_labelled_pairs_gives_a_checkpoint_and_no_registry_version(ray_local, tmp_path, tracking_uri, capsys):
+    write_pair_folder(tmp_path / "d", [f"p{i}" for i in range(4)], size=(48, 48))
+    code = pretrain_main(["--pairs", str(tmp_path / "d"), "--pairs-per-image", "2", "--size", "32",
+                          f"run.storage_path={tmp_path / 'runs'}", "run.name=pre", f"tracking.tracking_uri={tracking_uri}",
+                          "model.msf_width=16", "model.msf_scales=2", "train.epochs=1", "train.batch_size=2",
+                          "train.num_workers=1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "16 synthetic pairs in" in out  # 4 pairs x (t0 + t1) x 2
+    found = re.search(r"pretrained checkpoint: (\S+)", out)
+    assert found and (Path(found.group(1).removeprefix("file://")) / "model.json").is_file()
+    # A starting point, not a version: nothing registered, so no champion alias can move.
+    assert MlflowClient(tracking_uri, registry_uri=tracking_uri).search_registered_models() == []
