@@ -24,7 +24,11 @@ import numpy as np
 import torch
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-for _key, _value in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"), ("AWS_DEFAULT_REGION", "us-east-1")):
+for _key, _value in (
+    ("AWS_ACCESS_KEY_ID", "bench"),
+    ("AWS_SECRET_ACCESS_KEY", "bench"),
+    ("AWS_DEFAULT_REGION", "us-east-1"),
+):
     os.environ.setdefault(_key, _value)
 
 from changeseg import storage  # noqa: E402
@@ -52,7 +56,9 @@ def model_rate(crop: int, batch: int, steps: int = 1) -> float:
     from changeseg.models import create_model
     from changeseg.training.losses import ChangeLoss
 
-    cfg = build_config({"model": {"backbone": "resnet18", "mtf": "iade", "msf_scales": 4, "head": "deeplabv3", "num_classes": 2}})
+    cfg = build_config(
+        {"model": {"backbone": "resnet18", "mtf": "iade", "msf_scales": 4, "head": "deeplabv3", "num_classes": 2}}
+    )
     model = create_model(**cfg.model.factory_kwargs()).train()
     opt = torch.optim.Adam(model.parameters(), 1e-4)
     loss_fn = ChangeLoss()
@@ -76,7 +82,9 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--pairs-per-shard", type=int, default=8, help="several shards per reading CPU")
-    parser.add_argument("--model-batch", type=int, default=2, help="batch of the model rate (per-pair rate on CPU barely depends on it)")
+    parser.add_argument(
+        "--model-batch", type=int, default=2, help="batch of the model rate (per-pair rate on CPU barely depends on it)"
+    )
     parser.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray instance")
     args = parser.parse_args()
     # The model first, before Ray and the S3 server take CPU time.
@@ -109,11 +117,18 @@ def main() -> None:
             opts = build_config({"storage": s3}).storage
             for path in sorted(loose.rglob("*.png")):
                 storage.write_bytes(f"s3://bench/loose/{path.relative_to(loose).as_posix()}", path.read_bytes(), opts)
-            prepare_dataset("s3://bench/loose", shards="s3://bench/shards", pairs_per_shard=args.pairs_per_shard, storage_options=opts)
+            prepare_dataset(
+                "s3://bench/loose",
+                shards="s3://bench/shards",
+                pairs_per_shard=args.pairs_per_shard,
+                storage_options=opts,
+            )
             mb = sum(p.stat().st_size for p in loose.rglob("*.png")) / 2**20
-            print(f"{args.pairs} pairs of {args.size}x{args.size} ({mb:.1f} MiB of PNG, shards of {args.pairs_per_shard}), "
-                  f"crop {args.crop}, batch {args.batch}, "
-                  f"Ray with {args.num_cpus} logical CPUs on {os.cpu_count()} cores")
+            print(
+                f"{args.pairs} pairs of {args.size}x{args.size} ({mb:.1f} MiB of PNG, shards of {args.pairs_per_shard}), "
+                f"crop {args.crop}, batch {args.batch}, "
+                f"Ray with {args.num_cpus} logical CPUs on {os.cpu_count()} cores"
+            )
             rates = {
                 "local files": pipeline_rate(str(loose), augment, {}, args.batch),
                 "local shards": pipeline_rate(str(Path(tmp) / "shards"), augment, {}, args.batch),
@@ -130,7 +145,9 @@ def main() -> None:
     # On an accelerator the model is far faster than here: input keeps up while
     # model pairs/s < cores x this per-core rate.
     print(f"per CPU core: {max(rates.values()) / cores:.1f} pairs/s (best form)")
-    print(f"shards / files: local {rates['local shards'] / rates['local files']:.2f}x, S3 {rates['S3 shards'] / rates['S3 files']:.2f}x")
+    print(
+        f"shards / files: local {rates['local shards'] / rates['local files']:.2f}x, S3 {rates['S3 shards'] / rates['S3 files']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

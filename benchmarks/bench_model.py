@@ -50,7 +50,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, input {args.size}x{args.size}, batch {args.batch}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, input {args.size}x{args.size}, batch {args.batch}"
+    )
     rows = [
         ("R18 iade MSF-4x512 FCN   fwd+bwd", dict(head="fcn"), fwd_bwd),
         ("R18 iade MSF-4x512 DLv3  fwd+bwd", dict(head="deeplabv3"), fwd_bwd),

@@ -97,12 +97,17 @@ def pretrain(cfg, train: list, folder: Path, *, pairs_per_image: int, epochs: in
     from changeseg.training.local import fit_local
     from changeseg.training.pretraining import pairs_from_labelled
 
-    count = pairs_from_labelled(cfg, train, folder, pairs_per_image=pairs_per_image, size=cfg.data.crop_size,
-                                progress=progress)
+    count = pairs_from_labelled(
+        cfg, train, folder, pairs_per_image=pairs_per_image, size=cfg.data.crop_size, progress=progress
+    )
     records = scan_dataset(str(folder), layout="folder").records
     repeat = max(1, math.ceil(cfg.data.repeat * len(train) / count))
-    pre_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"repeat": repeat}),
-                                     "train": cfg.train.model_copy(update={"epochs": epochs})})
+    pre_cfg = cfg.model_copy(
+        update={
+            "data": cfg.data.model_copy(update={"repeat": repeat}),
+            "train": cfg.train.model_copy(update={"epochs": epochs}),
+        }
+    )
     progress(f"pretraining on {count} synthetic pairs, {epochs} epochs")
     return fit_local(pre_cfg, records, progress=progress).model
 
@@ -111,15 +116,28 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="bench_quality", help="folder for the reports and results.json")
     parser.add_argument("--sets", default="levir,dsifn,airchange")
-    parser.add_argument("--samples-per-epoch", type=int, default=64, help="random crops per epoch (data.repeat follows)")
-    parser.add_argument("--dsifn-folds", type=int, choices=(1, 2), default=1, help="2: evaluate every DSIFN pair (two models)")
-    parser.add_argument("--quick", action="store_true", help="an eighth of the epochs: checks the script, not the quality")
-    parser.add_argument("--variants", default="recipe",
-                        help="C-3PO variants, comma-separated: " + ", ".join(VARIANTS) + " (each trains one model)")
+    parser.add_argument(
+        "--samples-per-epoch", type=int, default=64, help="random crops per epoch (data.repeat follows)"
+    )
+    parser.add_argument(
+        "--dsifn-folds", type=int, choices=(1, 2), default=1, help="2: evaluate every DSIFN pair (two models)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="an eighth of the epochs: checks the script, not the quality"
+    )
+    parser.add_argument(
+        "--variants",
+        default="recipe",
+        help="C-3PO variants, comma-separated: " + ", ".join(VARIANTS) + " (each trains one model)",
+    )
     parser.add_argument("--no-fc-siam", action="store_true", help="leave FC-Siam-diff out (saves a training per set)")
     parser.add_argument("--seed", type=int, default=0, help="run.seed of every training")
-    parser.add_argument("--pairs-per-image", type=int, default=None,
-                        help="synthetic pairs per training image (pretrained); default: one epoch's worth of crops")
+    parser.add_argument(
+        "--pairs-per-image",
+        type=int,
+        default=None,
+        help="synthetic pairs per training image (pretrained); default: one epoch's worth of crops",
+    )
     parser.add_argument("--pretrain-epochs", type=int, default=4, help="epochs of pretraining (pretrained)")
     parser.add_argument("--tta", action="store_true", help="also evaluate each C-3PO with flip test-time augmentation")
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.epochs=8")
@@ -152,29 +170,49 @@ def main() -> int:
             for label in labels:
                 baseline = label == "fc_siam_diff"
                 extra = [] if baseline else VARIANTS[label.removeprefix("c3po_")]
-                cfg = recipe(train_pairs=len(train), samples_per_epoch=args.samples_per_epoch, quick=args.quick,
-                             overrides=list(args.overrides) + extra + [f"run.seed={args.seed}"], baseline=baseline)
+                cfg = recipe(
+                    train_pairs=len(train),
+                    samples_per_epoch=args.samples_per_epoch,
+                    quick=args.quick,
+                    overrides=list(args.overrides) + extra + [f"run.seed={args.seed}"],
+                    baseline=baseline,
+                )
                 say = lambda line, label=label: print(f"  {label}: {line}", flush=True)  # noqa: E731
                 start = None
                 if label.removeprefix("c3po_") in PRETRAINED:
-                    start = pretrain(cfg, train, out / fold / "pretrain-pairs", pairs_per_image=args.pairs_per_image
-                                     or max(1, math.ceil(args.samples_per_epoch / (2 * len(train)))),
-                                     epochs=max(1, args.pretrain_epochs // (8 if args.quick else 1)), progress=say)
+                    start = pretrain(
+                        cfg,
+                        train,
+                        out / fold / "pretrain-pairs",
+                        pairs_per_image=args.pairs_per_image
+                        or max(1, math.ceil(args.samples_per_epoch / (2 * len(train)))),
+                        epochs=max(1, args.pretrain_epochs // (8 if args.quick else 1)),
+                        progress=say,
+                    )
                 fit = fit_local(cfg, train, model=start, progress=say, calibration_records=[] if baseline else train)
                 fits[label] = fit
                 timings[f"{label}_train_s"] = timings.get(f"{label}_train_s", 0.0) + fit.seconds
-                save_checkpoint(out / fold / f"{label}-checkpoint", fit.model,
-                                metadata={"recipe": str(RECIPE.name), "fold": fold, "operating_point": fit.operating_point})
+                save_checkpoint(
+                    out / fold / f"{label}-checkpoint",
+                    fit.model,
+                    metadata={"recipe": str(RECIPE.name), "fold": fold, "operating_point": fit.operating_point},
+                )
             tick = time.perf_counter()
             methods = []
             for label, fit in fits.items():
                 threshold = (fit.operating_point or {}).get("threshold")
-                predictor = Predictor(fit.model, tile_size=cfg.score.tile_size, tile_overlap=cfg.score.tile_overlap,
-                                      threshold=threshold)
+                predictor = Predictor(
+                    fit.model, tile_size=cfg.score.tile_size, tile_overlap=cfg.score.tile_overlap, threshold=threshold
+                )
                 methods.append(model_method(label, predictor, description=f"{label}, trained on the training pairs"))
                 if args.tta and label.startswith("c3po"):
-                    predictor = Predictor(fit.model, tile_size=cfg.score.tile_size, tile_overlap=cfg.score.tile_overlap,
-                                          threshold=threshold, tta=True)
+                    predictor = Predictor(
+                        fit.model,
+                        tile_size=cfg.score.tile_size,
+                        tile_overlap=cfg.score.tile_overlap,
+                        threshold=threshold,
+                        tta=True,
+                    )
                     methods.append(model_method(f"{label}_tta", predictor, description=f"{label} with flip TTA"))
             methods.append(cva_method())
             result = evaluate_pairs(test, methods, output_dir=out / fold, max_panels=len(test), progress=None)
@@ -189,14 +227,22 @@ def main() -> int:
         scores = {m["name"]: pooled(fold_results, m["name"]) for m in fold_results[0].methods}
         for name, found in curves.items():
             # One fold per set except DSIFN with --dsifn-folds 2 (then the first fold's numbers).
-            scores[name].update({k: found[0][k] for k in ("threshold", "average_precision", "f1_at_0.5", "optimistic_best_f1")})
-        results[set_name] = {"pairs": len(rows), "scores": scores, "seed": args.seed,
-                             **{k: round(v, 1) for k, v in timings.items()}}
+            scores[name].update(
+                {k: found[0][k] for k in ("threshold", "average_precision", "f1_at_0.5", "optimistic_best_f1")}
+            )
+        results[set_name] = {
+            "pairs": len(rows),
+            "scores": scores,
+            "seed": args.seed,
+            **{k: round(v, 1) for k, v in timings.items()},
+        }
         print(json.dumps({set_name: results[set_name]}, indent=1), flush=True)
 
     total = time.perf_counter() - started
     print(f"\nleave-out evaluation, global change-class F1 (2-core CPU, seed {args.seed}; total {total / 60:.1f} min)")
-    print("| set | test pairs | method | F1 at 0.5 | F1 at operating point (threshold) | AP | optimistic F1 | x CVA | target |")
+    print(
+        "| set | test pairs | method | F1 at 0.5 | F1 at operating point (threshold) | AP | optimistic F1 | x CVA | target |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for set_name, r in results.items():
         s = r["scores"]
@@ -211,8 +257,10 @@ def main() -> int:
             op = f"{ours:.3f} ({m['threshold']:.2f})" if "threshold" in m else "-"
             extra = f"{m['average_precision']:.3f} | {m['optimistic_best_f1']:.3f}" if "threshold" in m else "- | -"
             ratio = ours / cva if cva else float("inf")
-            print(f"| {set_name} | {r['pairs']} | {name} | {at_half:.3f} | {op} | {extra} | {ratio:.2f} | "
-                  f"{'met' if ours >= target else 'not met'} |")
+            print(
+                f"| {set_name} | {r['pairs']} | {name} | {at_half:.3f} | {op} | {extra} | {ratio:.2f} | "
+                f"{'met' if ours >= target else 'not met'} |"
+            )
     (out / "results.json").write_text(json.dumps({"sets": results, "total_s": round(total, 1)}, indent=2) + "\n")
     print(f"reports: {out}/<set>/report.html; numbers: {out}/results.json")
     return 0

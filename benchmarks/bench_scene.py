@@ -53,9 +53,22 @@ def write_scene(path: Path, size: int, *, seed: int, squares: bool = False, shif
     from rasterio.windows import Window
 
     transform = from_origin(500_000 + 10 * shift, 4_000_000 - 10 * shift, 10, 10)
-    profile = {"driver": "GTiff", "width": size, "height": size, "count": 4, "dtype": "uint16", "crs": "EPSG:32633",
-               "transform": transform, "nodata": 0, "tiled": True, "blockxsize": 512, "blockysize": 512,
-               "compress": "deflate", "zlevel": 1, "BIGTIFF": "IF_SAFER"}
+    profile = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": 4,
+        "dtype": "uint16",
+        "crs": "EPSG:32633",
+        "transform": transform,
+        "nodata": 0,
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "deflate",
+        "zlevel": 1,
+        "BIGTIFF": "IF_SAFER",
+    }
     with rasterio.open(path, "w", **profile) as dst:
         for y in range(0, size, TILE_WRITE):
             for x in range(0, size, TILE_WRITE):
@@ -127,17 +140,27 @@ def run_one(size: int, *, tile: int, threads: int, batch: int, folder: Path, bac
     runs = []
     for _ in range(repeats):
         started = time.perf_counter()
-        out = score_scene(predictor, row, output_uri=str(folder / "out"),
-                          opts=SceneOptions(raster=raster, write_probabilities=True))
+        out = score_scene(
+            predictor, row, output_uri=str(folder / "out"), opts=SceneOptions(raster=raster, write_probabilities=True)
+        )
         runs.append((time.perf_counter() - started, out))
         bare = min(bare, _bare_forward(predictor, a, b, windows, step))
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     seconds, out = min(runs, key=lambda r: r[0])
-    return {"size": size, "windows": windows, "seconds": round(seconds, 2), "bare_forward_s": round(bare, 2),
-            "throughput_vs_bare": round(bare / seconds, 3), "mpx_per_s": round(size * size / seconds / 1e6, 3),
-            "scoring_runs_s": [round(r[0], 2) for r in runs], "peak_rss_mb": round(peak_kb / 1024, 1),
-            "rss_before_scoring_mb": round(before_kb / 1024, 1), "regions": out["regions_total"],
-            "changed_fraction": round(out["changed_fraction"], 4), **out["stats"]}
+    return {
+        "size": size,
+        "windows": windows,
+        "seconds": round(seconds, 2),
+        "bare_forward_s": round(bare, 2),
+        "throughput_vs_bare": round(bare / seconds, 3),
+        "mpx_per_s": round(size * size / seconds / 1e6, 3),
+        "scoring_runs_s": [round(r[0], 2) for r in runs],
+        "peak_rss_mb": round(peak_kb / 1024, 1),
+        "rss_before_scoring_mb": round(before_kb / 1024, 1),
+        "regions": out["regions_total"],
+        "changed_fraction": round(out["changed_fraction"], 4),
+        **out["stats"],
+    }
 
 
 def _sizes(text: str) -> list[int]:
@@ -157,8 +180,15 @@ def main() -> None:
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        result = run_one(args.one, tile=args.tile, threads=args.threads, batch=args.batch, folder=Path(args.folder),
-                         backbone=args.backbone, repeats=args.repeats)
+        result = run_one(
+            args.one,
+            tile=args.tile,
+            threads=args.threads,
+            batch=args.batch,
+            folder=Path(args.folder),
+            backbone=args.backbone,
+            repeats=args.repeats,
+        )
         print(json.dumps(result))
         return
     results = []
@@ -169,17 +199,40 @@ def main() -> None:
             write_scene(Path(tmp) / f"t1_{size}.tif", size, seed=1, squares=True, shift=args.t1_shift)
             written = time.perf_counter() - started
             # A fresh process per size: its peak RSS is that scene's alone.
-            cmd = [sys.executable, __file__, "--one", str(size), "--tile", str(args.tile), "--threads", str(args.threads),
-                   "--batch", str(args.batch), "--backbone", args.backbone, "--repeats", str(args.repeats), "--folder", tmp]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                str(size),
+                "--tile",
+                str(args.tile),
+                "--threads",
+                str(args.threads),
+                "--batch",
+                str(args.batch),
+                "--backbone",
+                args.backbone,
+                "--repeats",
+                str(args.repeats),
+                "--folder",
+                tmp,
+            ]
             done = subprocess.run(cmd, check=True, capture_output=True, text=True)
             results.append({**json.loads(done.stdout.strip().splitlines()[-1]), "writing_inputs_s": round(written, 2)})
             print(json.dumps(results[-1]), flush=True)
             for f in Path(tmp).glob(f"t*_{size}.tif"):
                 f.unlink()
     small, large = results[0], results[-1]
-    print(json.dumps({"peak_memory_ratio": round(large["peak_rss_mb"] / small["peak_rss_mb"], 3),
-                      "pixels_ratio": (large["size"] / small["size"]) ** 2,
-                      "throughput_vs_bare": [r["throughput_vs_bare"] for r in results]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "peak_memory_ratio": round(large["peak_rss_mb"] / small["peak_rss_mb"], 3),
+                "pixels_ratio": (large["size"] / small["size"]) ** 2,
+                "throughput_vs_bare": [r["throughput_vs_bare"] for r in results],
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

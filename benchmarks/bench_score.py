@@ -103,9 +103,16 @@ def run_one(pairs: int, size: int, width: int, *, large: bool = False) -> dict:
         model_dir = save_checkpoint(tmp / "model", model)
         # One actor with every core, as the bare loop has; decoding tasks share the cores.
         cores = os.cpu_count() or 1
-        cfg = build_config(overrides=["score.batch_size=4", "score.max_actors=1", "score.flush_rows=64",
-                                      f"score.cpus_per_actor={cores}", f"ray.num_cpus={cores + 2}",
-                                      f"score.max_pixels={max(size * size, 1024)}"])
+        cfg = build_config(
+            overrides=[
+                "score.batch_size=4",
+                "score.max_actors=1",
+                "score.flush_rows=64",
+                f"score.cpus_per_actor={cores}",
+                f"ray.num_cpus={cores + 2}",
+                f"score.max_pixels={max(size * size, 1024)}",
+            ]
+        )
         peak = [0]
         stop = threading.Event()
 
@@ -116,11 +123,19 @@ def run_one(pairs: int, size: int, width: int, *, large: bool = False) -> dict:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        summary = batch_score(cfg, model_uri=str(model_dir), input_uri=str(tmp / "archive"), output_uri=str(tmp / "out"))
+        summary = batch_score(
+            cfg, model_uri=str(model_dir), input_uri=str(tmp / "archive"), output_uri=str(tmp / "out")
+        )
         stop.set()
         sampler.join()
-        return {"pairs": pairs, "peak_mb": peak[0] / 2**20, "model": model, "data": data,
-                "steady": summary.steady_pairs_per_second, "end_to_end": summary.pairs_per_second}
+        return {
+            "pairs": pairs,
+            "peak_mb": peak[0] / 2**20,
+            "model": model,
+            "data": data,
+            "steady": summary.steady_pairs_per_second,
+            "end_to_end": summary.pairs_per_second,
+        }
 
 
 def main() -> None:
@@ -130,7 +145,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=128, help="MSF width of the scored model")
     parser.add_argument("--memory-pairs", type=int, default=100, help="N for the memory comparison (and 10 N)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory comparison")
-    parser.add_argument("--large", type=int, default=0, help="side of one large pair scored with bounded memory (e.g. 8192)")
+    parser.add_argument(
+        "--large", type=int, default=0, help="side of one large pair scored with bounded memory (e.g. 8192)"
+    )
     parser.add_argument("--large-base", type=int, default=2048, help="side of the pair it is compared with")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--one-size", type=int, default=64, help=argparse.SUPPRESS)
@@ -144,13 +161,19 @@ def main() -> None:
         return
 
     torch.set_num_threads(os.cpu_count() or 1)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.pairs} pairs of {args.size}x{args.size}, "
-          f"R18 iade MSF-4x{args.width} FCN, batch 4")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.pairs} pairs of {args.size}x{args.size}, "
+        f"R18 iade MSF-4x{args.width} FCN, batch 4"
+    )
     out = run_one(args.pairs, args.size, args.width)
     bare = bare_rate(out["model"], out["data"], 4)
     print(f"bare model forward (pre-decoded, one process): {bare:.2f} pairs/s")
-    print(f"batch_score steady state:                        {out['steady']:.2f} pairs/s  ratio {out['steady'] / bare:.2f}")
-    print(f"batch_score end to end (incl. Ray start-up):      {out['end_to_end']:.2f} pairs/s  ratio {out['end_to_end'] / bare:.2f}")
+    print(
+        f"batch_score steady state:                        {out['steady']:.2f} pairs/s  ratio {out['steady'] / bare:.2f}"
+    )
+    print(
+        f"batch_score end to end (incl. Ray start-up):      {out['end_to_end']:.2f} pairs/s  ratio {out['end_to_end'] / bare:.2f}"
+    )
 
     if args.no_memory:
         return
@@ -166,8 +189,12 @@ def large_pair(base: int, large: int) -> None:
     """Peak memory of scoring one base x base pair and one large x large pair, fresh processes."""
     peaks = {}
     for side in (base, large):
-        done = subprocess.run([sys.executable, __file__, "--one", "1", "--one-size", str(side)],
-                              capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--one", "1", "--one-size", str(side)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         peaks[side] = json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"]
         print(f"peak memory (PSS) scoring one {side}x{side} pair: {peaks[side]:.0f} MiB", flush=True)
     print(f"memory ratio {large}x{large} / {base}x{base}: {peaks[large] / peaks[base]:.2f}")

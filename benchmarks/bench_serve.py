@@ -65,7 +65,9 @@ def encode(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def http_requests(url: str, t0: bytes, t1: bytes, *, total: int, concurrency: int) -> tuple[list[tuple[int, float, int]], float]:
+def http_requests(
+    url: str, t0: bytes, t1: bytes, *, total: int, concurrency: int
+) -> tuple[list[tuple[int, float, int]], float]:
     """(status, ms, batch size) per request, and the wall time, ``concurrency`` at a time."""
     import threading
 
@@ -177,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             chunk = 50
             for start in range(0, args.requests, chunk):
                 for label, url in urls.items():
-                    got, wall = http_requests(url, t0_png, t1_png, total=min(chunk, args.requests - start), concurrency=args.concurrency)
+                    got, wall = http_requests(
+                        url, t0_png, t1_png, total=min(chunk, args.requests - start), concurrency=args.concurrency
+                    )
                     results[label] += got
                     walls[label] += wall
             for label in urls:
@@ -189,9 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     b, u = report["http_load_batched"], report["http_load_unbatched"]
     report["batching_speedup"] = round(b["requests_per_s"] / u["requests_per_s"], 2)
     d, s = report["direct"], report["http_sequential"]
-    print(f"\n{args.size}x{args.size} pair, tiny C-3PO (ResNet-18, MSF 16, 1 scale), CPU, one model replica, 1 intra-op thread")
+    print(
+        f"\n{args.size}x{args.size} pair, tiny C-3PO (ResNet-18, MSF 16, 1 scale), CPU, one model replica, 1 intra-op thread"
+    )
     print(f"  direct Predictor      p50 {d['p50']:.1f} ms   p95 {d['p95']:.1f}   p99 {d['p99']:.1f}")
-    print(f"  HTTP, one at a time   p50 {s['p50']:.1f} ms   p95 {s['p95']:.1f}   p99 {s['p99']:.1f}   overhead (median of differences) {report['http_overhead_p50_ms']:.1f} ms")
+    print(
+        f"  HTTP, one at a time   p50 {s['p50']:.1f} ms   p95 {s['p95']:.1f}   p99 {s['p99']:.1f}   overhead (median of differences) {report['http_overhead_p50_ms']:.1f} ms"
+    )
     for label, r in (("batched (8)", b), ("unbatched (1)", u)):
         print(
             f"  HTTP load {label:13s} {r['requests']} req x{r['concurrency']}: p50 {r['p50']:.1f} ms  p95 {r['p95']:.1f}  "

@@ -36,11 +36,24 @@ def _cfg(tmp: str, args, *, workers: int, cpus: float, name: str):
     return build_config(
         {
             "run": {"name": name, "storage_path": str(Path(tmp) / "runs")},
-            "data": {"synthetic": {"train_pairs": args.pairs, "val_pairs": 4, "size": args.size,
-                                   "output_dir": str(Path(tmp) / "syn")}},
+            "data": {
+                "synthetic": {
+                    "train_pairs": args.pairs,
+                    "val_pairs": 4,
+                    "size": args.size,
+                    "output_dir": str(Path(tmp) / "syn"),
+                }
+            },
             "model": {"msf_width": 128, "weights": "none"},
-            "train": {"epochs": args.epochs, "batch_size": 16 // workers, "num_workers": workers,
-                      "cpus_per_worker": cpus, "num_overlays": 0, "lr": 1e-3, "class_weights": "none"},
+            "train": {
+                "epochs": args.epochs,
+                "batch_size": 16 // workers,
+                "num_workers": workers,
+                "cpus_per_worker": cpus,
+                "num_overlays": 0,
+                "lr": 1e-3,
+                "class_weights": "none",
+            },
             "tracking": {"tracking_uri": f"sqlite:///{tmp}/mlflow-{name}.db", "register_model": False},
             "ray": {"num_cpus": 6},
         }
@@ -78,8 +91,11 @@ def ray_run(cfg) -> tuple[float, float, float]:
     client = MlflowClient(cfg.tracking.tracking_uri)
     history = client.get_metric_history(result.mlflow_run_id, "train_images_per_s")
     waits = client.get_metric_history(result.mlflow_run_id, "data_wait_fraction")
-    return (float(np.mean([m.value for m in history if m.step >= 1])), wall,
-            float(np.mean([m.value for m in waits if m.step >= 1])))
+    return (
+        float(np.mean([m.value for m in history if m.step >= 1])),
+        wall,
+        float(np.mean([m.value for m in waits if m.step >= 1])),
+    )
 
 
 def main() -> None:
@@ -101,13 +117,19 @@ def main() -> None:
     bare = (bare_before + bare_after) / 2
     images = len(plan.train) * args.epochs
     print(f"{len(plan.train)} pairs at {args.size}x{args.size}, global batch 16, {args.epochs} epochs")
-    print(f"bare engine loop (1 process, 2 threads)  {bare:7.2f} images/s   (before {bare_before:.2f}, after {bare_after:.2f})")
-    print(f"Ray Train, 1 worker x 2 CPUs            {one_rate:7.2f} images/s   ratio {one_rate / bare:.2f}"
-          f"   whole run {one_wall:.1f} s (end-to-end ratio {images / one_wall / bare:.2f}), "
-          f"waiting for data {one_wait:.0%} of the epoch")
-    print(f"Ray Train, 2 DDP workers x 1 CPU        {two_rate:7.2f} images/s   ratio {two_rate / bare:.2f}"
-          f"   whole run {two_wall:.1f} s (end-to-end ratio {images / two_wall / bare:.2f}), "
-          f"waiting for data {two_wait:.0%} of the epoch")
+    print(
+        f"bare engine loop (1 process, 2 threads)  {bare:7.2f} images/s   (before {bare_before:.2f}, after {bare_after:.2f})"
+    )
+    print(
+        f"Ray Train, 1 worker x 2 CPUs            {one_rate:7.2f} images/s   ratio {one_rate / bare:.2f}"
+        f"   whole run {one_wall:.1f} s (end-to-end ratio {images / one_wall / bare:.2f}), "
+        f"waiting for data {one_wait:.0%} of the epoch"
+    )
+    print(
+        f"Ray Train, 2 DDP workers x 1 CPU        {two_rate:7.2f} images/s   ratio {two_rate / bare:.2f}"
+        f"   whole run {two_wall:.1f} s (end-to-end ratio {images / two_wall / bare:.2f}), "
+        f"waiting for data {two_wait:.0%} of the epoch"
+    )
 
 
 if __name__ == "__main__":

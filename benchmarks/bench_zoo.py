@@ -28,11 +28,16 @@ CONFIGS = [
     ("resnet18 fcn", {"backbone": "resnet18", "head": "fcn"}),
     ("resnet18 deeplabv3", {"backbone": "resnet18", "head": "deeplabv3"}),
     ("resnet50 fcn", {"backbone": "resnet50", "head": "fcn"}),
-    ("resnet50 deeplabv3 (from deeplabv3_resnet50)", {"backbone": "resnet50", "head": "deeplabv3", "head_channels": 2048}),
+    (
+        "resnet50 deeplabv3 (from deeplabv3_resnet50)",
+        {"backbone": "resnet50", "head": "deeplabv3", "head_channels": 2048},
+    ),
     ("vgg16_bn deeplabv3", {"backbone": "vgg16_bn", "head": "deeplabv3"}),
     ("mobilenet_v2 fcn", {"backbone": "mobilenet_v2", "head": "fcn"}),
-    ("mobilenet_v3_large deeplabv3 (from deeplabv3_mobilenet_v3_large)",
-     {"backbone": "mobilenet_v3_large", "head": "deeplabv3", "head_channels": 960}),
+    (
+        "mobilenet_v3_large deeplabv3 (from deeplabv3_mobilenet_v3_large)",
+        {"backbone": "mobilenet_v3_large", "head": "deeplabv3", "head_channels": 960},
+    ),
     ("swin_t fcn", {"backbone": "swin_t", "head": "fcn"}),
     ("efficientnet_lite0 fcn", {"backbone": "efficientnet_lite0", "head": "fcn"}),
     ("timm:convnext_tiny fcn", {"backbone": "timm:convnext_tiny", "head": "fcn"}),
@@ -73,7 +78,11 @@ def macs(model: nn.Module, inputs: tuple) -> float:
 
 def throughput(model: nn.Module, inputs: tuple, *, seconds: float, amp: bool) -> float:
     """Images/s over at least one call and about ``seconds`` of calls, after one warm-up."""
-    ctx = torch.autocast(inputs[0].device.type, dtype=torch.float16 if inputs[0].is_cuda else torch.bfloat16) if amp else nullcontext()
+    ctx = (
+        torch.autocast(inputs[0].device.type, dtype=torch.float16 if inputs[0].is_cuda else torch.bfloat16)
+        if amp
+        else nullcontext()
+    )
     sync = torch.cuda.synchronize if inputs[0].is_cuda else (lambda: None)
     with torch.inference_mode(), ctx:
         model(*inputs)
@@ -121,13 +130,21 @@ def main() -> None:
         params = sum(p.numel() for p in model.parameters()) / 1e6
         cells, amp_cells = [], []
         for size in args.sizes:
-            pair = (torch.rand(args.batch, 3, size, size, device=device), torch.rand(args.batch, 3, size, size, device=device))
+            pair = (
+                torch.rand(args.batch, 3, size, size, device=device),
+                torch.rand(args.batch, 3, size, size, device=device),
+            )
             m = macs(model, pair) / args.batch / 1e9
             rate, layout = best_layout(model, pair, seconds=args.seconds, amp=False)
             if plain is not None:
                 pm = macs(plain, pair[:1]) / args.batch / 1e9
                 prate, _ = best_layout(plain, pair[:1], seconds=args.seconds, amp=False)
-                cells += [f"{m:.1f}", f"{rate:.2f}{' ' + layout if layout else ''}", f"{m / pm:.2f}", f"{prate / rate:.2f}"]
+                cells += [
+                    f"{m:.1f}",
+                    f"{rate:.2f}{' ' + layout if layout else ''}",
+                    f"{m / pm:.2f}",
+                    f"{prate / rate:.2f}",
+                ]
             else:
                 cells += [f"{m:.1f}", f"{rate:.2f}{' ' + layout if layout else ''}", "-", "-"]
             if args.amp:

@@ -65,14 +65,21 @@ def _config(args, precision: str):
     return build_config(
         {
             "model": {"backbone": args.backbone, "msf_width": args.msf_width, "head": "fcn", "weights": "none"},
-            "train": {"epochs": 1, "batch_size": args.batch, "lr": 1e-3, "precision": precision,
-                      "channels_last": args.channels_last},
+            "train": {
+                "epochs": 1,
+                "batch_size": args.batch,
+                "lr": 1e-3,
+                "precision": precision,
+                "channels_last": args.channels_last,
+            },
         }
     )
 
 
 def _train(args, precision: str, device: torch.device, rng) -> tuple[dict, object]:
-    engine = build_engine(_config(args, precision), steps_per_epoch=args.steps + 1, class_weights=[0.2, 0.8], device=device)
+    engine = build_engine(
+        _config(args, precision), steps_per_epoch=args.steps + 1, class_weights=[0.2, 0.8], device=device
+    )
     batches = [_batch(rng, n=args.batch, size=args.size) for _ in range(args.steps + 1)]
     train_one_epoch(engine, batches[:1])  # warm-up: kernels, cuDNN autotuning, allocator
     if device.type == "cuda":
@@ -107,11 +114,17 @@ def _resume_check(engine, args, precision: str, device: torch.device, rng) -> di
         epoch = restore_checkpoint(resumed, tmp)
     states = [s["exp_avg"] for s in resumed.optimizer.state.values()]
     on_device = bool(states) and all(t.device.type == device.type for t in states)
-    same = all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(engine.bare_model.state_dict().values(),
-                                                             resumed.bare_model.state_dict().values()))
+    same = all(
+        torch.equal(a.cpu(), b.cpu())
+        for a, b in zip(engine.bare_model.state_dict().values(), resumed.bare_model.state_dict().values())
+    )
     stats = train_one_epoch(resumed, [_batch(rng, n=args.batch, size=args.size)])
-    return {"resume_epoch": epoch == 1, "optimizer_state_on_device": on_device, "weights_restored": same,
-            "step_after_resume": stats.steps == 1 and math.isfinite(stats.loss)}
+    return {
+        "resume_epoch": epoch == 1,
+        "optimizer_state_on_device": on_device,
+        "weights_restored": same,
+        "step_after_resume": stats.steps == 1 and math.isfinite(stats.loss),
+    }
 
 
 def _predict_check(model, device: torch.device, precisions: list[str], rng, size: int) -> dict:
@@ -144,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"file://{tmp}/rendezvous",
-                                rank=0, world_size=1)
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", init_method=f"file://{tmp}/rendezvous", rank=0, world_size=1
+        )
         try:
             report = _run(args, device, precisions, rng)
         finally:

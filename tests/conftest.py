@@ -14,7 +14,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Fake credentials for the loopback S3 server, set before Ray starts so workers inherit them.
-for _key, _value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", "us-east-1")):
+for _key, _value in (
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_DEFAULT_REGION", "us-east-1"),
+):
     os.environ.setdefault(_key, _value)
 # Keep Ray Train's console quiet and its artefacts out of the home folder.
 os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "0")

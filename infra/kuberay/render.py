@@ -29,8 +29,10 @@ IMAGE_ROOT = "/app"
 
 # The fine-tuning job: the paper's recipe on packed shards in S3, 2 GPU workers.
 FINETUNE_ARGS = [
-    "python", f"{IMAGE_ROOT}/jobs/finetune.py",
-    "--config", f"{IMAGE_ROOT}/jobs/configs/levir_cd.yaml",
+    "python",
+    f"{IMAGE_ROOT}/jobs/finetune.py",
+    "--config",
+    f"{IMAGE_ROOT}/jobs/configs/levir_cd.yaml",
     "run.name=levir-cd-r18",
     "run.storage_path=s3://changeseg/runs",
     "data.train_path=s3://changeseg-data/levir-cd/shards",
@@ -97,24 +99,28 @@ def submitter_pod(cluster: dict[str, Any]) -> dict[str, Any]:
     head = cluster["spec"]["headGroupSpec"]["template"]
     container = head["spec"]["containers"][0]
     return {
-        "metadata": {"labels": {"app.kubernetes.io/name": "changeseg", "app.kubernetes.io/component": "ray-job-submitter"}},
+        "metadata": {
+            "labels": {"app.kubernetes.io/name": "changeseg", "app.kubernetes.io/component": "ray-job-submitter"}
+        },
         "spec": {
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,
             "securityContext": copy.deepcopy(head["spec"]["securityContext"]),
-            "containers": [{
-                "name": "ray-job-submitter",  # KubeRay supplies the `ray job submit` command
-                "image": container["image"],
-                "securityContext": copy.deepcopy(container["securityContext"]),
-                "envFrom": [
-                    {"configMapRef": {"name": "changeseg-env"}},
-                    {"secretRef": {"name": "changeseg-ray-token"}},
-                ],
-                "resources": {
-                    "requests": {"cpu": "500m", "memory": "512Mi", "ephemeral-storage": "1Gi"},
-                    "limits": {"cpu": "500m", "memory": "512Mi", "ephemeral-storage": "1Gi"},
-                },
-            }],
+            "containers": [
+                {
+                    "name": "ray-job-submitter",  # KubeRay supplies the `ray job submit` command
+                    "image": container["image"],
+                    "securityContext": copy.deepcopy(container["securityContext"]),
+                    "envFrom": [
+                        {"configMapRef": {"name": "changeseg-env"}},
+                        {"secretRef": {"name": "changeseg-ray-token"}},
+                    ],
+                    "resources": {
+                        "requests": {"cpu": "500m", "memory": "512Mi", "ephemeral-storage": "1Gi"},
+                        "limits": {"cpu": "500m", "memory": "512Mi", "ephemeral-storage": "1Gi"},
+                    },
+                }
+            ],
         },
     }
 

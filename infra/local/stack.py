@@ -116,7 +116,9 @@ def _start(name: str, cmd: list[str], *, env: dict, state_dir: Path, wait: bool 
     if wait:  # `ray start` returns once its node is up; the node's processes keep the group
         if proc.wait(timeout=300) != 0:
             _end_group(proc.pid, grace_s=2)
-            raise RuntimeError(f"{name} failed: {' '.join(cmd)}\n{(state_dir / 'logs' / f'{name}.log').read_text()[-3000:]}")
+            raise RuntimeError(
+                f"{name} failed: {' '.join(cmd)}\n{(state_dir / 'logs' / f'{name}.log').read_text()[-3000:]}"
+            )
     return proc.pid
 
 
@@ -148,9 +150,12 @@ def _mlflow_auth_env(state_dir: Path, admin_password: str) -> dict[str, str]:
 def _ray_node_ports() -> list[str]:
     # Every port a node opens, so two nodes (and other Ray instances) share the machine.
     return [
-        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-        f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-        "--min-worker-port=0", "--max-worker-port=0",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        "--min-worker-port=0",
+        "--max-worker-port=0",
     ]
 
 
@@ -165,9 +170,11 @@ def up(state_dir: Path, *, node_cpus: int) -> dict:
     # Short, unique: Ray puts Unix sockets under it (their paths are limited to ~100 bytes).
     ray_dir = f"/tmp/changeseg-stack-{secrets.token_hex(4)}"
     users = _mlflow_users()
-    credentials = {"admin": ["admin", secrets.token_hex(16)],
-                   "train": [users.TRAIN_USER, secrets.token_hex(16)],
-                   "serve": [users.SERVE_USER, secrets.token_hex(16)]}
+    credentials = {
+        "admin": ["admin", secrets.token_hex(16)],
+        "train": [users.TRAIN_USER, secrets.token_hex(16)],
+        "serve": [users.SERVE_USER, secrets.token_hex(16)],
+    }
     settings = {
         "RAY_ADDRESS": f"http://127.0.0.1:{ports['dashboard']}",
         "RAY_DASHBOARD_ADDRESS": f"http://127.0.0.1:{ports['dashboard']}",
@@ -191,47 +198,109 @@ def up(state_dir: Path, *, node_cpus: int) -> dict:
     env.update({k: v for k, v in settings.items() if k not in client_only})
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    state = {"state_dir": str(state_dir), "ray_dir": ray_dir, "ports": ports, "settings": settings,
-             "mlflow_users": credentials, "groups": {}}
+    state = {
+        "state_dir": str(state_dir),
+        "ray_dir": ray_dir,
+        "ports": ports,
+        "settings": settings,
+        "mlflow_users": credentials,
+        "groups": {},
+    }
 
     def save() -> None:
         state_file.write_text(json.dumps(state, indent=2))
         state_file.chmod(0o600)  # it holds the Ray token
 
     try:
-        state["groups"]["s3"] = _start("s3", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(ports["s3"])],
-                                       env=env, state_dir=state_dir)
+        state["groups"]["s3"] = _start(
+            "s3", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(ports["s3"])], env=env, state_dir=state_dir
+        )
         save()
-        _wait_http(f"{settings['AWS_ENDPOINT_URL']}/moto-api/", timeout_s=60, what="S3", log=state_dir / "logs" / "s3.log")
+        _wait_http(
+            f"{settings['AWS_ENDPOINT_URL']}/moto-api/", timeout_s=60, what="S3", log=state_dir / "logs" / "s3.log"
+        )
         import boto3
 
-        boto3.client("s3", endpoint_url=settings["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                     aws_access_key_id="stack", aws_secret_access_key="stack").create_bucket(Bucket=BUCKET)
+        boto3.client(
+            "s3",
+            endpoint_url=settings["AWS_ENDPOINT_URL"],
+            region_name="us-east-1",
+            aws_access_key_id="stack",
+            aws_secret_access_key="stack",
+        ).create_bucket(Bucket=BUCKET)
 
         mlflow_env = env | _mlflow_auth_env(state_dir, credentials["admin"][1])
-        state["groups"]["mlflow"] = _start("mlflow", [
-            str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--backend-store-uri", f"sqlite:///{state_dir.resolve() / 'mlflow.db'}",
-            "--artifacts-destination", f"s3://{BUCKET}/mlflow-artifacts", "--serve-artifacts",
-            "--host", "127.0.0.1", "--port", str(ports["mlflow"]), "--workers", "1",
-        ], env=mlflow_env, state_dir=state_dir)
+        state["groups"]["mlflow"] = _start(
+            "mlflow",
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--app-name",
+                "basic-auth",
+                "--backend-store-uri",
+                f"sqlite:///{state_dir.resolve() / 'mlflow.db'}",
+                "--artifacts-destination",
+                f"s3://{BUCKET}/mlflow-artifacts",
+                "--serve-artifacts",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ports["mlflow"]),
+                "--workers",
+                "1",
+            ],
+            env=mlflow_env,
+            state_dir=state_dir,
+        )
         save()
 
         common = ["--node-ip-address=127.0.0.1", f"--num-cpus={node_cpus}", "--disable-usage-stats"]
-        state["groups"]["ray-head"] = _start("ray-head", [
-            str(BIN / "ray"), "start", "--head", f"--port={ports['gcs']}", f"--temp-dir={ray_dir}/head",
-            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
-            f"--ray-client-server-port={ports['client']}", *common, *_ray_node_ports(),
-        ], env=env, state_dir=state_dir, wait=True)
+        state["groups"]["ray-head"] = _start(
+            "ray-head",
+            [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                f"--port={ports['gcs']}",
+                f"--temp-dir={ray_dir}/head",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={ports['dashboard']}",
+                f"--ray-client-server-port={ports['client']}",
+                *common,
+                *_ray_node_ports(),
+            ],
+            env=env,
+            state_dir=state_dir,
+            wait=True,
+        )
         save()
-        state["groups"]["ray-worker"] = _start("ray-worker", [
-            str(BIN / "ray"), "start", f"--address=127.0.0.1:{ports['gcs']}", f"--temp-dir={ray_dir}/worker",
-            *common, *_ray_node_ports(),
-        ], env=env, state_dir=state_dir, wait=True)
+        state["groups"]["ray-worker"] = _start(
+            "ray-worker",
+            [
+                str(BIN / "ray"),
+                "start",
+                f"--address=127.0.0.1:{ports['gcs']}",
+                f"--temp-dir={ray_dir}/worker",
+                *common,
+                *_ray_node_ports(),
+            ],
+            env=env,
+            state_dir=state_dir,
+            wait=True,
+        )
         save()
-        _wait_http(f"{settings['MLFLOW_TRACKING_URI']}/health", timeout_s=120, what="MLflow",
-                   log=state_dir / "logs" / "mlflow.log")
-        users.ensure_users(settings["MLFLOW_TRACKING_URI"], tuple(credentials["admin"]),
-                           dict(credentials[k] for k in ("train", "serve")))
+        _wait_http(
+            f"{settings['MLFLOW_TRACKING_URI']}/health",
+            timeout_s=120,
+            what="MLflow",
+            log=state_dir / "logs" / "mlflow.log",
+        )
+        users.ensure_users(
+            settings["MLFLOW_TRACKING_URI"],
+            tuple(credentials["admin"]),
+            dict(credentials[k] for k in ("train", "serve")),
+        )
     except BaseException:
         down(state_dir)
         raise
@@ -276,8 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         state = up(state_dir, node_cpus=args.node_cpus)
         s = state["settings"]
-        print(f"stack up: Ray dashboard {s['RAY_ADDRESS']} (2 nodes), MLflow {s['MLFLOW_TRACKING_URI']}, "
-              f"S3 {s['AWS_ENDPOINT_URL']} (bucket {BUCKET})")
+        print(
+            f"stack up: Ray dashboard {s['RAY_ADDRESS']} (2 nodes), MLflow {s['MLFLOW_TRACKING_URI']}, "
+            f"S3 {s['AWS_ENDPOINT_URL']} (bucket {BUCKET})"
+        )
         print(f"point clients at it with: source {state_dir / 'env'}")
     else:
         stopped = down(state_dir)

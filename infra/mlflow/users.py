@@ -45,14 +45,20 @@ def ensure_users(tracking_uri: str, admin: tuple[str, str], passwords: dict[str,
 
 def main() -> int:
     env = os.environ
-    missing = [k for k in ("MLFLOW_TRACKING_URI", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_TRAIN_PASSWORD",
-                           "MLFLOW_SERVE_PASSWORD") if not env.get(k)]
+    missing = [
+        k
+        for k in ("MLFLOW_TRACKING_URI", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_TRAIN_PASSWORD", "MLFLOW_SERVE_PASSWORD")
+        if not env.get(k)
+    ]
     if missing:
         print(f"set {', '.join(missing)}", file=sys.stderr)
         return 2
     admin = (env.get("MLFLOW_AUTH_ADMIN_USERNAME", "admin"), env["MLFLOW_AUTH_ADMIN_PASSWORD"])
-    ensure_users(env["MLFLOW_TRACKING_URI"], admin,
-                 {TRAIN_USER: env["MLFLOW_TRAIN_PASSWORD"], SERVE_USER: env["MLFLOW_SERVE_PASSWORD"]})
+    ensure_users(
+        env["MLFLOW_TRACKING_URI"],
+        admin,
+        {TRAIN_USER: env["MLFLOW_TRAIN_PASSWORD"], SERVE_USER: env["MLFLOW_SERVE_PASSWORD"]},
+    )
     print(f"MLflow users {TRAIN_USER} (jobs) and {SERVE_USER} (read-only, serving) are set")
     return 0
 

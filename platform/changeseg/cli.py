@@ -54,6 +54,7 @@ def _write_summary(path: str | None, text: str) -> None:
 
 # --- finetune ----------------------------------------------------------------------------
 
+
 def _finetune_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--summary", help="also write the run summary as JSON to this path")
 
@@ -69,12 +70,16 @@ def _finetune(args: argparse.Namespace, cfg: Config) -> int:
 
 # --- pretrain ----------------------------------------------------------------------------
 
+
 def _pretrain_args(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", help="a folder of single-date images (searched recursively)")
     source.add_argument("--pairs", help="a labelled dataset whose images and change masks to use")
-    parser.add_argument("--segmentations", default=None,
-                        help="with --images: a folder of instance, segmentation or binary masks named like the images")
+    parser.add_argument(
+        "--segmentations",
+        default=None,
+        help="with --images: a folder of instance, segmentation or binary masks named like the images",
+    )
     parser.add_argument("--pairs-per-image", type=int, default=4)
     parser.add_argument("--size", type=int, default=256, help="crop side of each synthetic pair")
 
@@ -88,11 +93,23 @@ def _pretrain(args: argparse.Namespace, cfg: Config) -> int:
     out = pairs_folder(cfg)
     try:
         if args.images:
-            count = pairs_from_images(find_images(args.images), out, segmentations_dir=args.segmentations,
-                                      pairs_per_image=args.pairs_per_image, size=args.size, seed=cfg.run.seed)
+            count = pairs_from_images(
+                find_images(args.images),
+                out,
+                segmentations_dir=args.segmentations,
+                pairs_per_image=args.pairs_per_image,
+                size=args.size,
+                seed=cfg.run.seed,
+            )
         else:
-            count = pairs_from_labelled(cfg, scan_records(args.pairs, cfg), out, pairs_per_image=args.pairs_per_image,
-                                        size=args.size, progress=lambda line: print(line, flush=True))
+            count = pairs_from_labelled(
+                cfg,
+                scan_records(args.pairs, cfg),
+                out,
+                pairs_per_image=args.pairs_per_image,
+                size=args.size,
+                progress=lambda line: print(line, flush=True),
+            )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -100,15 +117,22 @@ def _pretrain(args: argparse.Namespace, cfg: Config) -> int:
     # The training config validates like any other: the same file and overrides, on the pairs' folder.
     # A pretrained model is a starting point, not a registry version: it must never take the
     # champion alias from a fine-tuned one (tracking.register_model=true overrides this).
-    overrides = ["tracking.register_model=false", *args.overrides,
-                 f"data.train_path={out.resolve()}", "data.layout=folder"]
+    overrides = [
+        "tracking.register_model=false",
+        *args.overrides,
+        f"data.train_path={out.resolve()}",
+        "data.layout=folder",
+    ]
     result = finetune(load_config(args.config, overrides))
-    print(f"pretrained checkpoint: {result.checkpoint_path}\n"
-          f"fine-tune from it with: model.weights={result.checkpoint_path}")
+    print(
+        f"pretrained checkpoint: {result.checkpoint_path}\n"
+        f"fine-tune from it with: model.weights={result.checkpoint_path}"
+    )
     return 0
 
 
 # --- demo --------------------------------------------------------------------------------
+
 
 def _demo_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="demo_output", help="folder for overlays and the summary")
@@ -124,13 +148,16 @@ def _demo(args: argparse.Namespace, cfg: Config) -> int:
 
 # --- export ------------------------------------------------------------------------------
 
+
 def _export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--output", required=True, help="path of the .onnx file to write")
     parser.add_argument("--height", type=int, default=256, help="tracing sample height (the graph stays dynamic)")
     parser.add_argument("--width", type=int, default=256, help="tracing sample width (the graph stays dynamic)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: changeseg.export.DEFAULT_OPSET)")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for models:/ URIs (default: tracking.*)")
+    parser.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking URI for models:/ URIs (default: tracking.*)"
+    )
     parser.add_argument("--tolerance", type=float, default=1e-3, help="fail when the parity check differs by more")
 
 
@@ -139,9 +166,12 @@ def _export(args: argparse.Namespace, cfg: Config) -> int:
     from changeseg.export import DEFAULT_OPSET, check_onnx_parity, export_onnx
     from changeseg.inference.predictor import Predictor
 
-    predictor = Predictor.from_uri(args.model, tracking_uri=args.tracking_uri or cfg.tracking.tracking_uri,
-                                   storage_options=cfg.storage)
-    path = export_onnx(predictor.model, args.output, opset=args.opset or DEFAULT_OPSET, height=args.height, width=args.width)
+    predictor = Predictor.from_uri(
+        args.model, tracking_uri=args.tracking_uri or cfg.tracking.tracking_uri, storage_options=cfg.storage
+    )
+    path = export_onnx(
+        predictor.model, args.output, opset=args.opset or DEFAULT_OPSET, height=args.height, width=args.width
+    )
     # A size unlike the tracing sample's, so the check also exercises the dynamic axes.
     diff = check_onnx_parity(predictor.model, path, batch=2, height=args.height // 2 + 7, width=args.width // 2 + 3)
     print(f"wrote {path}")
@@ -154,10 +184,14 @@ def _export(args: argparse.Namespace, cfg: Config) -> int:
 
 # --- prepare -----------------------------------------------------------------------------
 
+
 def _prepare_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="dataset folder (or manifest) URI")
-    parser.add_argument("--layout", default=None,
-                        help="auto (default: data.layout), folder, levir, dsifn, airchange, pcd, vl_cmu_cd, changesim")
+    parser.add_argument(
+        "--layout",
+        default=None,
+        help="auto (default: data.layout), folder, levir, dsifn, airchange, pcd, vl_cmu_cd, changesim",
+    )
     parser.add_argument("--manifest", help="write the manifest .parquet here")
     parser.add_argument("--shards", help="pack the pairs' bytes into part-*.parquet files in this folder")
     parser.add_argument("--pairs-per-shard", type=int, default=256)
@@ -176,10 +210,18 @@ def _prepare(args: argparse.Namespace, cfg: Config) -> int:
     from changeseg.data.prepare import prepare_dataset  # lazy: start-up time (module docstring)
 
     summary = prepare_dataset(
-        args.source, layout=args.layout or cfg.data.layout, manifest=args.manifest, shards=args.shards,
-        split=args.split, fold=cfg.data.fold, num_classes=cfg.model.resolved_num_classes(),
-        mask_values=cfg.data.mask_values, pairs_per_shard=args.pairs_per_shard, validate=not args.no_validate,
-        strict=args.strict or cfg.data.strict, storage_options=cfg.storage,
+        args.source,
+        layout=args.layout or cfg.data.layout,
+        manifest=args.manifest,
+        shards=args.shards,
+        split=args.split,
+        fold=cfg.data.fold,
+        num_classes=cfg.model.resolved_num_classes(),
+        mask_values=cfg.data.mask_values,
+        pairs_per_shard=args.pairs_per_shard,
+        validate=not args.no_validate,
+        strict=args.strict or cfg.data.strict,
+        storage_options=cfg.storage,
     )
     result = {**dataclasses.asdict(summary), "skipped_count": len(summary.skipped)}
     text = json.dumps(result, indent=2, sort_keys=True)
@@ -192,31 +234,47 @@ def _prepare(args: argparse.Namespace, cfg: Config) -> int:
 
 # --- score -------------------------------------------------------------------------------
 
+
 def _score_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help=MODEL_HELP)
-    parser.add_argument("--input", required=True, help="manifest .parquet, shards, or a dataset layout (local or s3://)")
+    parser.add_argument(
+        "--input", required=True, help="manifest .parquet, shards, or a dataset layout (local or s3://)"
+    )
     parser.add_argument("--output", required=True, help="output folder (local or s3://); re-running resumes")
     parser.add_argument("--split", default=None, help="score only the records of this split (default: all)")
-    parser.add_argument("--retry-errors", action="store_true", help="score again the pairs whose earlier rows are errors")
+    parser.add_argument(
+        "--retry-errors", action="store_true", help="score again the pairs whose earlier rows are errors"
+    )
 
 
 def _score(args: argparse.Namespace, cfg: Config) -> int:
     from changeseg.inference.score import batch_score  # lazy: start-up time (module docstring)
 
-    summary = batch_score(cfg, model_uri=args.model, input_uri=args.input, output_uri=args.output, split=args.split,
-                          retry_errors=args.retry_errors)
+    summary = batch_score(
+        cfg,
+        model_uri=args.model,
+        input_uri=args.input,
+        output_uri=args.output,
+        split=args.split,
+        retry_errors=args.retry_errors,
+    )
     print(summary.to_json())
     return 0
 
 
 # --- evaluate ----------------------------------------------------------------------------
 
+
 def _evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--input", required=True, help="dataset in any layout, manifest or shards (local or s3://)")
     parser.add_argument("--output", required=True, help="local folder for the report")
-    parser.add_argument("--baseline", action="append", default=[],
-                        help="a learned baseline's model URI (repeatable), e.g. an FC-Siam-diff checkpoint")
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        help="a learned baseline's model URI (repeatable), e.g. an FC-Siam-diff checkpoint",
+    )
     parser.add_argument("--split", default=None, help="only the pairs of this split (default: all)")
     parser.add_argument("--max-panels", type=int, default=16, help="pairs drawn with overlays and branch maps")
 
@@ -230,8 +288,13 @@ def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
     from changeseg.evaluation.report import evaluate  # lazy: start-up time (module docstring)
 
     result, html_path, json_path = evaluate(
-        cfg, model_uri=args.model, input_uri=args.input, output_dir=args.output, baseline_uris=args.baseline,
-        split=args.split, max_panels=args.max_panels,
+        cfg,
+        model_uri=args.model,
+        input_uri=args.input,
+        output_dir=args.output,
+        baseline_uris=args.baseline,
+        split=args.split,
+        max_panels=args.max_panels,
     )
     for m in result.methods:
         print(
@@ -245,10 +308,13 @@ def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
 
 # --- serve -------------------------------------------------------------------------------
 
+
 def _serve_args(parser: argparse.ArgumentParser) -> None:
     from changeseg.serving.local import DEFAULT_CONFIG  # lazy: start-up time (module docstring)
 
-    parser.add_argument("--serve-config", default=str(DEFAULT_CONFIG), help="Ray Serve config file (default: %(default)s)")
+    parser.add_argument(
+        "--serve-config", default=str(DEFAULT_CONFIG), help="Ray Serve config file (default: %(default)s)"
+    )
     parser.add_argument("--port", type=int, help="HTTP port (default: the serve config's)")
 
 
@@ -263,30 +329,58 @@ def _serve(args: argparse.Namespace, cfg: Config) -> int:
 
 
 COMMANDS: dict[str, Command] = {
-    "finetune": Command("Fine-tune a change-detection model with Ray Train, tracked in MLflow.",
-                        _finetune_args, _finetune),
-    "pretrain": Command("Pretrain on change pairs synthesised from single-date images or labelled pairs, with "
-                        "the fine-tuning job; prints the checkpoint to fine-tune from (model.weights=...).",
-                        _pretrain_args, _pretrain),
-    "demo": Command("Synthetic end-to-end demo: train, register, predict.", _demo_args, _demo,
-                    config_help="YAML config (default: the built-in demo recipe)", errors=()),
-    "export": Command("Export a model to ONNX (inputs t0, t1; output logits) and check it in onnxruntime.",
-                      _export_args, _export, config_help="YAML config (storage.*, tracking.*)"),
-    "prepare": Command("Scan a dataset in any layout (local or s3://) into a Parquet manifest and/or packed Parquet shards.",
-                       _prepare_args, _prepare, config_help="YAML config for storage.*, data.* and model.num_classes",
-                       check=_prepare_check),
-    "score": Command("Score every pair of an archive with a registered model (Ray Data); resumable.",
-                     _score_args, _score, config_help="YAML config (score.*, storage.*, tracking.*, data.layout ...)"),
+    "finetune": Command(
+        "Fine-tune a change-detection model with Ray Train, tracked in MLflow.", _finetune_args, _finetune
+    ),
+    "pretrain": Command(
+        "Pretrain on change pairs synthesised from single-date images or labelled pairs, with "
+        "the fine-tuning job; prints the checkpoint to fine-tune from (model.weights=...).",
+        _pretrain_args,
+        _pretrain,
+    ),
+    "demo": Command(
+        "Synthetic end-to-end demo: train, register, predict.",
+        _demo_args,
+        _demo,
+        config_help="YAML config (default: the built-in demo recipe)",
+        errors=(),
+    ),
+    "export": Command(
+        "Export a model to ONNX (inputs t0, t1; output logits) and check it in onnxruntime.",
+        _export_args,
+        _export,
+        config_help="YAML config (storage.*, tracking.*)",
+    ),
+    "prepare": Command(
+        "Scan a dataset in any layout (local or s3://) into a Parquet manifest and/or packed Parquet shards.",
+        _prepare_args,
+        _prepare,
+        config_help="YAML config for storage.*, data.* and model.num_classes",
+        check=_prepare_check,
+    ),
+    "score": Command(
+        "Score every pair of an archive with a registered model (Ray Data); resumable.",
+        _score_args,
+        _score,
+        config_help="YAML config (score.*, storage.*, tracking.*, data.layout ...)",
+    ),
     "evaluate": Command(
         "Evaluate a model on pairs with masks against baselines (CVA + Otsu, and any models given with "
         "--baseline), in both temporal orders; writes report.html, report.json and images to --output.",
-        _evaluate_args, _evaluate, config_help="YAML config (data.layout, score.tile_size, storage.*, tracking.* ...)",
-        check=_evaluate_check),
+        _evaluate_args,
+        _evaluate,
+        config_help="YAML config (data.layout, score.tile_size, storage.*, tracking.* ...)",
+        check=_evaluate_check,
+    ),
     "serve": Command(
         "Serve registered models over HTTP (Ray Serve) until interrupted; a private Ray instance starts with token "
         "authentication and without the dashboard (ray.dashboard=true starts it on 127.0.0.1), unless "
         "ray.address / RAY_ADDRESS names a cluster.",
-        _serve_args, _serve, config_help="YAML config (for ray.* and storage.*; defaults when omitted)", errors=()),
+        _serve_args,
+        _serve,
+        config_help="YAML config (for ray.* and storage.*; defaults when omitted)",
+        errors=(),
+    ),
 }
 
 

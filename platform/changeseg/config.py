@@ -94,9 +94,9 @@ class DataSection(_Section):
     # reported and left out; strict makes them fatal.
     strict: bool = False
     # How masks become classes when a record does not say (see data.decode.MASK_ENCODINGS).
-    mask_values: Literal[
-        "binary", "binary-inverted", "index", "colormap:changesim", "colormap:changesim:binary"
-    ] = "binary"
+    mask_values: Literal["binary", "binary-inverted", "index", "colormap:changesim", "colormap:changesim:binary"] = (
+        "binary"
+    )
     ignore_index: int = 255
     # Resize every pair to (H, W) when read, for training and validation alike.
     resize: tuple[int, int] | None = None
@@ -154,7 +154,9 @@ class DataSection(_Section):
         if not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
             raise ValueError("data.percentiles must be [low, high] with 0 <= low < high <= 100")
         if self.band_roles is not None and self.bands is not None and len(self.band_roles) != len(self.bands):
-            raise ValueError(f"data.band_roles names {len(self.band_roles)} bands but data.bands picks {len(self.bands)}")
+            raise ValueError(
+                f"data.band_roles names {len(self.band_roles)} bands but data.bands picks {len(self.bands)}"
+            )
         return self
 
     def rgb_positions(self) -> list[int] | None:
@@ -213,8 +215,9 @@ class _ModelSection(_Section):
 
     def weights_spec(self) -> WeightsSpec | None:
         """The weights the model starts from (the name's default filled in, weights_file attached)."""
-        return resolve_weights(self.name, self.weights, file=self.weights_file,
-                               pretrained_backbone=self._pretrained_backbone())
+        return resolve_weights(
+            self.name, self.weights, file=self.weights_file, pretrained_backbone=self._pretrained_backbone()
+        )
 
     def factory_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for create_model (unset architecture fields left out)."""
@@ -495,8 +498,12 @@ class Config(_Section):
             model.in_channels = len(bands)
         if bands is not None and model.in_channels not in (None, len(bands)):
             raise ValueError(f"model.in_channels={model.in_channels} but data.bands picks {len(bands)} bands")
-        if (isinstance(model, C3POModelSection) and model.rgb_channels is None
-                and self.data.rgb_positions() is not None and (model.in_channels or 3) > 3):
+        if (
+            isinstance(model, C3POModelSection)
+            and model.rgb_channels is None
+            and self.data.rgb_positions() is not None
+            and (model.in_channels or 3) > 3
+        ):
             model.rgb_channels = self.data.rgb_positions()
         return self
 

@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 TEST_SEED_OFFSET = 7_000_001
 
 
-def run_demo(*, config_path: str | None, overrides: list[str], output: str | Path, test_pairs: int = 64, overlays: int = 6) -> dict:
+def run_demo(
+    *, config_path: str | None, overrides: list[str], output: str | Path, test_pairs: int = 64, overlays: int = 6
+) -> dict:
     """Run the demo and return its summary (also written to ``output/summary.json``)."""
     started = time.perf_counter()
     cfg = load_config(config_path, overrides)
@@ -36,8 +38,9 @@ def run_demo(*, config_path: str | None, overrides: list[str], output: str | Pat
     result = finetune(cfg)
     model_uri = result.registered.get("model_uri") or result.checkpoint_path
     predictor = Predictor.from_uri(model_uri, tracking_uri=result.tracking_uri, storage_options=cfg.storage)
-    test_metrics, overlay_paths = predict_held_out(cfg, predictor=predictor, output=output, test_pairs=test_pairs,
-                                                   overlays=overlays)
+    test_metrics, overlay_paths = predict_held_out(
+        cfg, predictor=predictor, output=output, test_pairs=test_pairs, overlays=overlays
+    )
     summary = {
         "finetune": dataclasses.asdict(result),
         "model_uri": model_uri,
@@ -49,8 +52,13 @@ def run_demo(*, config_path: str | None, overrides: list[str], output: str | Pat
         score_and_serve(cfg, result=result, output=output, test_pairs=test_pairs, summary=summary, started=started)
     summary_path = output / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    print("\n".join(report_lines(cfg, result=result, summary=summary, test_pairs=test_pairs, output=output,
-                                 summary_path=summary_path)))
+    print(
+        "\n".join(
+            report_lines(
+                cfg, result=result, summary=summary, test_pairs=test_pairs, output=output, summary_path=summary_path
+            )
+        )
+    )
     return summary
 
 
@@ -83,8 +91,12 @@ def score_and_serve(
     if not (archive / "mask").is_dir() or len(list((archive / "mask").glob("*.png"))) != test_pairs:
         write_folder(archive, count=test_pairs, seed=syn.seed + TEST_SEED_OFFSET, size=syn.size)
     champion = f"models:/{cfg.tracking.registered_model}@{cfg.tracking.alias}"
-    scored = batch_score(cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"tracking_uri": result.tracking_uri})}),
-                         model_uri=champion, input_uri=str(archive), output_uri=str(output / "batch_scores"))
+    scored = batch_score(
+        cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"tracking_uri": result.tracking_uri})}),
+        model_uri=champion,
+        input_uri=str(archive),
+        output_uri=str(output / "batch_scores"),
+    )
     summary["batch_scored"] = dataclasses.asdict(scored)
     summary["seconds"] = round(time.perf_counter() - started, 1)
 
@@ -111,7 +123,12 @@ def report_lines(
     ]
     if reg:
         lines.append(
-            f"  registry     {reg['model_uri']}" + (f" is now @{reg['alias']}" if reg["champion"] else f" (@{reg['alias']} stays version {reg['champion_version']})")
+            f"  registry     {reg['model_uri']}"
+            + (
+                f" is now @{reg['alias']}"
+                if reg["champion"]
+                else f" (@{reg['alias']} stays version {reg['champion_version']})"
+            )
         )
     lines += [
         f"  held-out     {test_pairs} new pairs: global F1 {test_metrics['global_f1']:.3f}, IoU {test_metrics['global_iou']:.3f}, "
@@ -123,12 +140,18 @@ def report_lines(
     scored = summary.get("batch_scored")
     if scored:
         f1 = (scored["metrics"] or {}).get("global_f1", float("nan"))
-        lines.insert(-2, f"  batch score  {scored['ok']} ok / {scored['errors']} errors of {scored['pairs_total']} archived pairs with "
-                     f"{scored['model']['uri']} (v{scored['model']['version']}): global F1 {f1:.3f}, "
-                     f"{scored['pairs_per_second']:.1f} pairs/s -> {scored['results']}")
+        lines.insert(
+            -2,
+            f"  batch score  {scored['ok']} ok / {scored['errors']} errors of {scored['pairs_total']} archived pairs with "
+            f"{scored['model']['uri']} (v{scored['model']['version']}): global F1 {f1:.3f}, "
+            f"{scored['pairs_per_second']:.1f} pairs/s -> {scored['results']}",
+        )
     served = summary.get("served")
     if served:
         model, found = served["model"], served["summary"]
-        lines.insert(-2, f"  serving      POST {served['url']}: {model['name']} v{model['version']} (@{model['requested']}) found "
-                     f"{found['changed_fraction']:.1%} changed in {found['regions_total']} regions, {served['round_trip_ms']:.0f} ms; Serve shut down")
+        lines.insert(
+            -2,
+            f"  serving      POST {served['url']}: {model['name']} v{model['version']} (@{model['requested']}) found "
+            f"{found['changed_fraction']:.1%} changed in {found['regions_total']} regions, {served['round_trip_ms']:.0f} ms; Serve shut down",
+        )
     return lines

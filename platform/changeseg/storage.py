@@ -25,11 +25,7 @@ def is_remote(uri: str) -> bool:
 
 def _s3_options(storage: StorageSection | None) -> dict:
     storage = storage or StorageSection()
-    endpoint = (
-        storage.endpoint_url
-        or os.environ.get("AWS_ENDPOINT_URL_S3")
-        or os.environ.get("AWS_ENDPOINT_URL")
-    )
+    endpoint = storage.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     region = storage.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     options: dict = {"region": region or "us-east-1"}
     if storage.anonymous:
@@ -52,8 +48,11 @@ def gdal_s3_options(storage: StorageSection | None = None) -> dict:
     if options.get("anonymous"):
         out["AWS_NO_SIGN_REQUEST"] = "YES"
     if "endpoint_override" in options:
-        out.update(AWS_S3_ENDPOINT=options["endpoint_override"], AWS_HTTPS="YES" if options["scheme"] == "https" else "NO",
-                   AWS_VIRTUAL_HOSTING="FALSE")
+        out.update(
+            AWS_S3_ENDPOINT=options["endpoint_override"],
+            AWS_HTTPS="YES" if options["scheme"] == "https" else "NO",
+            AWS_VIRTUAL_HOSTING="FALSE",
+        )
     return out
 
 

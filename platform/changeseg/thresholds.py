@@ -128,9 +128,13 @@ def choose_operating_point(
     """
     point: dict[str, Any] = {"positives": curve.positives, "negatives": curve.negatives, "bins": curve.bins}
     if min(curve.positives, curve.negatives) < min_pixels:
-        return {**point, "threshold": DEFAULT_THRESHOLD, "method": "default",
-                "reason": f"too few validation pixels to calibrate ({curve.positives} changed, "
-                          f"{curve.negatives} unchanged; {min_pixels} of each needed): kept {DEFAULT_THRESHOLD}"}
+        return {
+            **point,
+            "threshold": DEFAULT_THRESHOLD,
+            "method": "default",
+            "reason": f"too few validation pixels to calibrate ({curve.positives} changed, "
+            f"{curve.negatives} unchanged; {min_pixels} of each needed): kept {DEFAULT_THRESHOLD}",
+        }
     tp, fp, fn = curve.rates()
     curve_pr = curve.pr_curve()
     precision, recall = np.asarray(curve_pr["precision"]), np.asarray(curve_pr["recall"])
@@ -141,14 +145,31 @@ def choose_operating_point(
         if ok.any():
             score = recall if target_precision is not None else precision
             k = int(np.flatnonzero(ok)[np.argmax(score[ok])])
-            method = f"target_precision {target_precision}" if target_precision is not None else f"target_recall {target_recall}"
-            return {**point, "threshold": float(k / curve.bins), "method": method, "f1": float(f1[k]),
-                    "precision": float(precision[k]), "recall": float(recall[k])}
+            method = (
+                f"target_precision {target_precision}"
+                if target_precision is not None
+                else f"target_recall {target_recall}"
+            )
+            return {
+                **point,
+                "threshold": float(k / curve.bins),
+                "method": method,
+                "f1": float(f1[k]),
+                "precision": float(precision[k]),
+                "recall": float(recall[k]),
+            }
         point["reason"] = "no threshold meets the target on the validation pixels: best F1 instead"
     threshold, best = curve.best_threshold()
     k = int(round(threshold * curve.bins))
-    return {**point, "threshold": threshold, "method": "best_f1", "f1": best,
-            "precision": float(precision[k]), "recall": float(recall[k]), "f1_at_0.5": curve.f1_at(DEFAULT_THRESHOLD)}
+    return {
+        **point,
+        "threshold": threshold,
+        "method": "best_f1",
+        "f1": best,
+        "precision": float(precision[k]),
+        "recall": float(recall[k]),
+        "f1_at_0.5": curve.f1_at(DEFAULT_THRESHOLD),
+    }
 
 
 def threshold_of(metadata: dict[str, Any] | None) -> float | None:

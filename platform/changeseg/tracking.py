@@ -103,12 +103,20 @@ def log_run_inputs(cfg: Config, *, run_id: str, train_pairs: int, val_pairs: int
     params = flatten(cfg.model_dump(mode="json"))
     # The architecture as built (preset and defaults filled in), not just what the config set.
     params.update({f"model.{k}": str(v) for k, v in resolve_model_args(**cfg.model.factory_kwargs()).items()})
-    params.update({"data.train_pairs": str(train_pairs), "data.val_pairs": str(val_pairs), "train.class_weights_used": str(class_weights)})
+    params.update(
+        {
+            "data.train_pairs": str(train_pairs),
+            "data.val_pairs": str(val_pairs),
+            "train.class_weights_used": str(class_weights),
+        }
+    )
     # MLflow params are immutable: on resume, only log what is new.
     new = [Param(k, v[:6000]) for k, v in params.items() if k not in existing]
     changed = sorted(k for k, v in params.items() if k in existing and existing[k] != v[:6000])
     if changed:
-        log.warning("resumed run %s with changed parameters (kept the first values in MLflow): %s", cfg.run.name, changed)
+        log.warning(
+            "resumed run %s with changed parameters (kept the first values in MLflow): %s", cfg.run.name, changed
+        )
     for i in range(0, len(new), 100):
         client.log_batch(run_id, params=new[i : i + 100])
     client.log_text(run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/resolved.yaml")
@@ -129,8 +137,11 @@ class MLflowEpochLogger(UserCallback):
         # Progress for whoever watches the job's log.
         log.warning(
             "epoch %d: train_loss %.4f  val_loss %.4f  val_global_f1 %.3f  %.1f images/s",
-            step, values.get("train_loss", float("nan")), values.get("val_loss", float("nan")),
-            values.get("val_global_f1", float("nan")), values.get("train_images_per_s", float("nan")),
+            step,
+            values.get("train_loss", float("nan")),
+            values.get("val_loss", float("nan")),
+            values.get("val_global_f1", float("nan")),
+            values.get("train_images_per_s", float("nan")),
         )
         now = int(time.time() * 1000)
         batch = [
@@ -186,7 +197,9 @@ def _champion_score(client: MlflowClient, name: str, alias: str, metric: str) ->
     return version, float(score) if score is not None else None
 
 
-def log_and_register_model(cfg: Config, *, run_id: str, checkpoint_dir: Path, metrics: dict[str, float]) -> dict[str, Any]:
+def log_and_register_model(
+    cfg: Config, *, run_id: str, checkpoint_dir: Path, metrics: dict[str, float]
+) -> dict[str, Any]:
     """Log the model (pyfunc from code, weights as artifacts), register it, maybe crown it.
 
     The new version takes the alias when its ``champion_metric`` beats the current
@@ -218,7 +231,10 @@ def log_and_register_model(cfg: Config, *, run_id: str, checkpoint_dir: Path, me
         client.set_registered_model_alias(name, alias, version.version)
     log.info(
         "registered %s version %s (%s=%s); %s",
-        name, version.version, metric, score,
+        name,
+        version.version,
+        metric,
+        score,
         f"now '{alias}'" if crowned else f"'{alias}' stays version {previous.version} ({metric}={previous_score})",
     )
     return {

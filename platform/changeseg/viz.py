@@ -69,9 +69,7 @@ def overlay_panel(t0: np.ndarray, t1: np.ndarray, pred: np.ndarray, truth: np.nd
 
 # Black -> indigo -> crimson -> orange -> pale yellow: zero response is black, and
 # brightness rises monotonically, so the maps also read in greyscale.
-HEAT_ANCHORS = np.array(
-    [[0, 0, 0], [48, 18, 110], [170, 30, 100], [245, 120, 30], [255, 245, 190]], dtype=np.float32
-)
+HEAT_ANCHORS = np.array([[0, 0, 0], [48, 18, 110], [170, 30, 100], [245, 120, 30], [255, 245, 190]], dtype=np.float32)
 BRANCH_ORDER = ("info", "appear", "disappear", "exchange")
 LABEL_HEIGHT = 12
 BRANCH_REDUCTIONS = ("mean_abs", "l2")
@@ -87,9 +85,7 @@ def heat_colours(values: np.ndarray) -> np.ndarray:
     return np.rint(rgb).astype(np.uint8)
 
 
-def branch_map(
-    activation: torch.Tensor | np.ndarray, size: tuple[int, int], *, reduce: str = "mean_abs"
-) -> np.ndarray:
+def branch_map(activation: torch.Tensor | np.ndarray, size: tuple[int, int], *, reduce: str = "mean_abs") -> np.ndarray:
     """One branch's ``(C, h, w)`` activation -> ``(H, W)`` float in [0, 1].
 
     Channels are reduced to a magnitude (mean of absolute values, or L2 norm), upsampled

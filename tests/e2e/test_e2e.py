@@ -63,14 +63,24 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     runs = tmp_path / "runs"
     summary = tmp_path / "summary.json"
     cmd = [
-        str(BIN / "python"), str(ROOT / "jobs" / "finetune.py"), "--config", str(ROOT / "jobs/configs/demo.yaml"),
-        "--summary", str(summary), "run.name=interrupted", f"run.storage_path={runs}",
-        f"data.synthetic.output_dir={tmp_path / 'synthetic'}", f"tracking.tracking_uri=sqlite:///{db}",
-        "train.epochs=3", "ray.num_cpus=6", *SMALL,
+        str(BIN / "python"),
+        str(ROOT / "jobs" / "finetune.py"),
+        "--config",
+        str(ROOT / "jobs/configs/demo.yaml"),
+        "--summary",
+        str(summary),
+        "run.name=interrupted",
+        f"run.storage_path={runs}",
+        f"data.synthetic.output_dir={tmp_path / 'synthetic'}",
+        f"tracking.tracking_uri=sqlite:///{db}",
+        "train.epochs=3",
+        "ray.num_cpus=6",
+        *SMALL,
     ]
     env = _env()
-    first = subprocess.Popen(cmd, env=env, cwd=tmp_path, start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        cmd, env=env, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 400
     try:
         while _latest_checkpointed_epoch(runs / "interrupted") is None:

@@ -34,13 +34,15 @@ def _train_workers(ray) -> list[dict]:
 
 
 def test_killed_worker_resumes_from_the_last_checkpoint(ray_local, tmp_path, tracking_uri):
-    cfg = build_config({
-        "run": {"name": "ft", "storage_path": str(tmp_path / "runs")},
-        "model": {"msf_width": 16, "msf_scales": 1},
-        "train": {"epochs": EPOCHS, "batch_size": 2, "num_workers": 2, "num_overlays": 0, "max_failures": 1},
-        "tracking": {"tracking_uri": tracking_uri},
-        "data": {"synthetic": {"train_pairs": 8, "val_pairs": 2, "size": 48, "output_dir": str(tmp_path / "syn")}},
-    })
+    cfg = build_config(
+        {
+            "run": {"name": "ft", "storage_path": str(tmp_path / "runs")},
+            "model": {"msf_width": 16, "msf_scales": 1},
+            "train": {"epochs": EPOCHS, "batch_size": 2, "num_workers": 2, "num_overlays": 0, "max_failures": 1},
+            "tracking": {"tracking_uri": tracking_uri},
+            "data": {"synthetic": {"train_pairs": 8, "val_pairs": 2, "size": 48, "output_dir": str(tmp_path / "syn")}},
+        }
+    )
     killed: dict = {}
 
     def kill_one_worker_after_first_checkpoint() -> None:

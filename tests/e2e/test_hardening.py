@@ -48,8 +48,12 @@ def _access() -> list[dict]:
 
 
 def _secrets(template: dict) -> dict[str, dict]:
-    return {r["secretRef"]["name"]: r["secretRef"] for c in template["spec"]["containers"]
-            for r in c.get("envFrom", []) if "secretRef" in r}
+    return {
+        r["secretRef"]["name"]: r["secretRef"]
+        for c in template["spec"]["containers"]
+        for r in c.get("envFrom", [])
+        if "secretRef" in r
+    }
 
 
 CONTAINER_SECURITY = {
@@ -80,7 +84,9 @@ def test_every_pod_runs_unprivileged_with_shm_and_ephemeral_storage():
             for container in pod["containers"]:
                 assert container["securityContext"] == CONTAINER_SECURITY, where
                 resources = container["resources"]
-                assert "ephemeral-storage" in resources["requests"] and "ephemeral-storage" in resources["limits"], where
+                assert "ephemeral-storage" in resources["requests"] and "ephemeral-storage" in resources["limits"], (
+                    where
+                )
             if group == "submitter":
                 continue
             # /dev/shm: memory-backed and as large as the object store Ray is told to use.
@@ -143,8 +149,11 @@ def test_network_policies_keep_ray_inside_and_serve_behind_the_ingress():
                 assert policy["spec"]["policyTypes"] == ["Ingress"]
                 for rule in policy["spec"]["ingress"]:
                     assert rule.get("from"), f"{policy['metadata']['name']}: a rule open to every source"
-                    inside = all(set(peer) == {"podSelector"} and peer["podSelector"]["matchLabels"]
-                                 == {"app.kubernetes.io/name": "changeseg"} for peer in rule["from"])
+                    inside = all(
+                        set(peer) == {"podSelector"}
+                        and peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "changeseg"}
+                        for peer in rule["from"]
+                    )
                     if not inside:  # from outside the Ray cluster: one named port each
                         assert [p["port"] for p in rule["ports"]] in ([8265], [8000]), policy["metadata"]["name"]
                         assert all("namespaceSelector" in peer for peer in rule["from"])
@@ -160,8 +169,14 @@ def test_kubernetes_objects_validate_against_kubernetes_schemas():
     objects = [*_access(), *yaml.safe_load_all((KUBERAY / "secrets.example.yaml").read_text())]
     for name, doc in _rendered().items():
         for group, template in _groups(doc).items():
-            objects.append({"apiVersion": "v1", "kind": "PodTemplate",
-                            "metadata": {"name": f"{doc['metadata']['name']}-{group}"}, "template": template})
+            objects.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "PodTemplate",
+                    "metadata": {"name": f"{doc['metadata']['name']}-{group}"},
+                    "template": template,
+                }
+            )
     assert {o["kind"] for o in objects} >= {"NetworkPolicy", "ServiceAccount", "Secret", "ConfigMap", "PodTemplate"}
     for obj in objects:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
@@ -226,7 +241,7 @@ def test_dashboards_and_serve_bind_loopback_outside_kubernetes():
 
 def test_mlflow_needs_a_login_and_minio_a_scoped_user():
     script = (INFRA / "mlflow" / "server.sh").read_text()
-    command = script[script.index("exec mlflow server"):]
+    command = script[script.index("exec mlflow server") :]
     assert "--app-name basic-auth" in command
     for required in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_AUTH_DATABASE_URI"):
         assert f'"${{{required}:?' in script, required  # refuses to start without it

@@ -36,7 +36,11 @@ def test_serve_command_serves_until_interrupted_without_a_dashboard(tmp_path):
     env.pop("RAY_ADDRESS")
     proc = subprocess.Popen(
         [sys.executable, "-m", "changeseg.cli", "serve", "--port", str(port), "ray.num_cpus=4"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)

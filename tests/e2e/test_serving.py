@@ -128,7 +128,11 @@ def test_serve_config_files_are_valid_deploy_configs():
         build_config(app.args)
         options = {d.name: d for d in app.deployments}
         assert options["ChangeModel"].ray_actor_options.num_gpus == gpus
-        assert options["ChangeModel"].autoscaling_config["max_replicas"] >= options["ChangeModel"].autoscaling_config["min_replicas"] >= 1
+        assert (
+            options["ChangeModel"].autoscaling_config["max_replicas"]
+            >= options["ChangeModel"].autoscaling_config["min_replicas"]
+            >= 1
+        )
         assert options["ChangeModel"].max_queued_requests > 0 and options["ChangeAPI"].max_queued_requests > 0
     builder = import_attr("serve.app:app")
     application = builder({"tracking": {"tracking_uri": "sqlite:////nonexistent/mlflow.db"}})
@@ -215,8 +219,13 @@ def test_the_handler_deadline_covers_reading_the_body():
         await asyncio.sleep(30)
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    scope = {"type": "http", "method": "POST", "path": "/v1/detect", "query_string": b"",
-             "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")]}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/detect",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")],
+    }
     start = time.perf_counter()
     with pytest.raises(RequestError) as err:
         asyncio.run(api.detect(Request(scope, stalled)))
@@ -312,18 +321,57 @@ def test_bad_input_gets_a_clear_4xx_and_the_service_stays_up(server, registry):
         # A 2000x2000 PNG of zeros is a few kB but 4 Mpixel: over max_pixels (65536).
         (detect(server, png(np.zeros((2000, 2000, 3), np.uint8)), good), 413, "image_too_large", "2000x2000"),
         (detect(server, good, png(t1[:40])), 422, "size_mismatch", "t0 is 64x48 but t1 is 64x40"),
-        (detect(server, png(np.random.default_rng(0).integers(0, 256, (300, 300, 3), np.uint8)), good), 413, "body_too_large", ""),
+        (
+            detect(server, png(np.random.default_rng(0).integers(0, 256, (300, 300, 3), np.uint8)), good),
+            413,
+            "body_too_large",
+            "",
+        ),
         (detect(server, good, good, version="9"), 404, "unknown_version", "'9'"),
         (detect(server, good, good, version="no-such-alias"), 404, "unknown_version", "no-such-alias"),
         (detect(server, good, good, version="\uff11"), 422, "bad_version", ""),
-        (requests.post(f"{server}/v1/detect", data=b"[" * 100_000, headers={"content-type": "application/json"}, timeout=30), 422, "bad_json", "deeply"),
-        (requests.post(f"{server}/v1/detect", json={"t0": {"uri": "/a\u0000b"}, "t1": {"data": "AAAA"}}, timeout=30), 422, "bad_uri", "t0"),
+        (
+            requests.post(
+                f"{server}/v1/detect", data=b"[" * 100_000, headers={"content-type": "application/json"}, timeout=30
+            ),
+            422,
+            "bad_json",
+            "deeply",
+        ),
+        (
+            requests.post(f"{server}/v1/detect", json={"t0": {"uri": "/a\u0000b"}, "t1": {"data": "AAAA"}}, timeout=30),
+            422,
+            "bad_uri",
+            "t0",
+        ),
         (requests.post(f"{server}/v1/detect", files={"t0": ("a.png", good)}, timeout=30), 422, "missing_field", "t1"),
         (requests.post(f"{server}/v1/detect", json={"t0": {"data": "AAAA"}}, timeout=30), 422, "invalid_request", "t1"),
-        (requests.post(f"{server}/v1/detect", json={"t0": {"data": "%%%"}, "t1": {"data": "AAAA"}}, timeout=30), 422, "bad_base64", "t0"),
-        (requests.post(f"{server}/v1/detect", json={"t0": {"uri": str(outside)}, "t1": {"data": "AAAA"}}, timeout=30), 403, "uri_not_allowed", "t0"),
-        (requests.post(f"{server}/v1/detect", data=b"{", headers={"content-type": "application/json"}, timeout=30), 422, "bad_json", ""),
-        (requests.post(f"{server}/v1/detect", data=good, headers={"content-type": "image/png"}, timeout=30), 415, "unsupported_media_type", ""),
+        (
+            requests.post(f"{server}/v1/detect", json={"t0": {"data": "%%%"}, "t1": {"data": "AAAA"}}, timeout=30),
+            422,
+            "bad_base64",
+            "t0",
+        ),
+        (
+            requests.post(
+                f"{server}/v1/detect", json={"t0": {"uri": str(outside)}, "t1": {"data": "AAAA"}}, timeout=30
+            ),
+            403,
+            "uri_not_allowed",
+            "t0",
+        ),
+        (
+            requests.post(f"{server}/v1/detect", data=b"{", headers={"content-type": "application/json"}, timeout=30),
+            422,
+            "bad_json",
+            "",
+        ),
+        (
+            requests.post(f"{server}/v1/detect", data=good, headers={"content-type": "image/png"}, timeout=30),
+            415,
+            "unsupported_media_type",
+            "",
+        ),
     ]
     for response, status, code, text in cases:
         assert_error(response, status, code, text)

@@ -31,16 +31,15 @@ STACK = ROOT / "infra" / "local" / "stack.py"
 pytestmark = pytest.mark.slow
 
 
-
-
 stack_module = load_module(STACK)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     state_dir = tmp_path_factory.mktemp("stack")
-    up = subprocess.run([sys.executable, str(STACK), "up", "--state-dir", str(state_dir)],
-                        capture_output=True, text=True, timeout=300)
+    up = subprocess.run(
+        [sys.executable, str(STACK), "up", "--state-dir", str(state_dir)], capture_output=True, text=True, timeout=300
+    )
     try:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         state = json.loads((state_dir / "stack.json").read_text())
@@ -48,8 +47,12 @@ def stack(tmp_path_factory):
         env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
         yield state | {"env": env}
     finally:
-        down = subprocess.run([sys.executable, str(STACK), "down", "--state-dir", str(state_dir)],
-                              capture_output=True, text=True, timeout=120)
+        down = subprocess.run(
+            [sys.executable, str(STACK), "down", "--state-dir", str(state_dir)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert down.returncode == 0, down.stderr[-2000:]
     # Nothing of the stack is left: no process in its groups or its Ray folder.
     for name, pgid in state["groups"].items():
@@ -84,7 +87,9 @@ def _assert_registry_guarded(uri: str, users: dict) -> None:
     alias_api = f"{uri}/api/2.0/mlflow/registered-models/alias"
 
     def move(alias: str, auth) -> requests.Response:
-        return requests.post(alias_api, auth=auth, timeout=30, json={"name": "changeseg", "alias": alias, "version": "1"})
+        return requests.post(
+            alias_api, auth=auth, timeout=30, json={"name": "changeseg", "alias": alias, "version": "1"}
+        )
 
     assert move("champion", None).status_code == 401
     serve = tuple(users["serve"])
@@ -93,25 +98,55 @@ def _assert_registry_guarded(uri: str, users: dict) -> None:
     denied = move("challenger", serve)
     assert denied.status_code == 403, denied.text
     assert move("challenger", tuple(users["train"])).status_code == 200
-    listed = requests.get(f"{uri}/api/2.0/mlflow/registered-models/get", auth=serve, timeout=30, params={"name": "changeseg"})
+    listed = requests.get(
+        f"{uri}/api/2.0/mlflow/registered-models/get", auth=serve, timeout=30, params={"name": "changeseg"}
+    )
     assert {a["alias"] for a in listed.json()["registered_model"]["aliases"]} == {"champion", "challenger"}
 
 
 def test_stack_trains_on_two_nodes_scores_and_serves(stack, tmp_path, monkeypatch):
     env, s3_url = stack["env"], stack["settings"]["AWS_ENDPOINT_URL"]
-    s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1",
-                      aws_access_key_id="stack", aws_secret_access_key="stack")
+    s3 = boto3.client(
+        "s3", endpoint_url=s3_url, region_name="us-east-1", aws_access_key_id="stack", aws_secret_access_key="stack"
+    )
     pairs = write_pair_folder(tmp_path / "data", [f"p{i}" for i in range(8)], size=(64, 64))
     for path in (tmp_path / "data").rglob("*.png"):
         s3.upload_file(str(path), "changeseg", f"data/{path.relative_to(tmp_path / 'data').as_posix()}")
 
     # One worker per node: each node offers 3 CPUs and each worker asks for 2.
-    _submit(env, "jobs/finetune.py", "--config", "jobs/configs/demo.yaml",
-            "run.name=stack", "run.storage_path=s3://changeseg/runs", "data.train_path=s3://changeseg/data",
-            "train.epochs=1", "train.batch_size=2", "train.cpus_per_worker=2", "train.num_overlays=1",
-            "model.msf_width=16", "model.msf_scales=1")
-    actors = json.loads(_run([str(BIN / "ray"), "list", "actors", "--filter", "class_name=RayTrainWorker",
-                              "--format", "json", "--detail", "--address", env["RAY_ADDRESS"]], env, timeout=120))
+    _submit(
+        env,
+        "jobs/finetune.py",
+        "--config",
+        "jobs/configs/demo.yaml",
+        "run.name=stack",
+        "run.storage_path=s3://changeseg/runs",
+        "data.train_path=s3://changeseg/data",
+        "train.epochs=1",
+        "train.batch_size=2",
+        "train.cpus_per_worker=2",
+        "train.num_overlays=1",
+        "model.msf_width=16",
+        "model.msf_scales=1",
+    )
+    actors = json.loads(
+        _run(
+            [
+                str(BIN / "ray"),
+                "list",
+                "actors",
+                "--filter",
+                "class_name=RayTrainWorker",
+                "--format",
+                "json",
+                "--detail",
+                "--address",
+                env["RAY_ADDRESS"],
+            ],
+            env,
+            timeout=120,
+        )
+    )
     assert len({a["node_id"] for a in actors}) == 2, "DDP workers did not run on both nodes"
     runs = s3.list_objects_v2(Bucket="changeseg", Prefix="runs/stack/")["Contents"]
     assert any("/checkpoint_" in obj["Key"] for obj in runs)
@@ -121,8 +156,16 @@ def test_stack_trains_on_two_nodes_scores_and_serves(stack, tmp_path, monkeypatc
     assert int(version.version) == 1  # a str over REST, an int from some stores
     _assert_registry_guarded(env["MLFLOW_TRACKING_URI"], stack["mlflow_users"])
 
-    _submit(env, "jobs/score.py", "--model", "models:/changeseg/1",
-            "--input", "s3://changeseg/data", "--output", "s3://changeseg/scores")
+    _submit(
+        env,
+        "jobs/score.py",
+        "--model",
+        "models:/changeseg/1",
+        "--input",
+        "s3://changeseg/data",
+        "--output",
+        "s3://changeseg/scores",
+    )
     summary = json.loads(s3.get_object(Bucket="changeseg", Key="scores/summary.json")["Body"].read())
     assert summary["pairs_total"] == summary["ok"] == 8, summary
     assert 0 <= summary["metrics"]["global_f1"] <= 1  # the input has masks: an evaluation too
@@ -148,8 +191,9 @@ def test_stack_trains_on_two_nodes_scores_and_serves(stack, tmp_path, monkeypatc
         return buf.getvalue()
 
     pair = pairs["p3"]
-    answer = requests.post(f"http://127.0.0.1:{port}/v1/detect",
-                           files={"t0": png(pair["t0"]), "t1": png(pair["t1"])}, timeout=60)
+    answer = requests.post(
+        f"http://127.0.0.1:{port}/v1/detect", files={"t0": png(pair["t0"]), "t1": png(pair["t1"])}, timeout=60
+    )
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["model"]["version"] == 1

@@ -57,8 +57,17 @@ def _archive(tmp_path: Path) -> tuple[Path, dict]:
 
 
 def _cfg(*extra: str):
-    return build_config(overrides=["score.tile_size=64", "score.tile_overlap=8", "score.batch_size=3",
-                                   "score.max_actors=1", "score.flush_rows=2", "score.write_probabilities=true", *extra])
+    return build_config(
+        overrides=[
+            "score.tile_size=64",
+            "score.tile_overlap=8",
+            "score.batch_size=3",
+            "score.max_actors=1",
+            "score.flush_rows=2",
+            "score.write_probabilities=true",
+            *extra,
+        ]
+    )
 
 
 def test_batch_score_one_row_per_pair_with_errors_tiling_and_metrics(ray_local, tmp_path):
@@ -129,9 +138,13 @@ def test_batch_score_resumes_only_missing_pairs(ray_local, tmp_path):
 def test_batch_score_bad_arguments(ray_local, tmp_path):
     model_dir = _checkpoint(tmp_path)
     with pytest.raises(FileNotFoundError):
-        batch_score(_cfg(), model_uri=str(model_dir), input_uri=str(tmp_path / "nowhere"), output_uri=str(tmp_path / "o"))
+        batch_score(
+            _cfg(), model_uri=str(model_dir), input_uri=str(tmp_path / "nowhere"), output_uri=str(tmp_path / "o")
+        )
     with pytest.raises(FileNotFoundError, match="checkpoint"):
-        batch_score(_cfg(), model_uri=str(tmp_path / "nomodel"), input_uri=str(tmp_path), output_uri=str(tmp_path / "o"))
+        batch_score(
+            _cfg(), model_uri=str(tmp_path / "nomodel"), input_uri=str(tmp_path), output_uri=str(tmp_path / "o")
+        )
 
 
 @pytest.mark.slow
@@ -142,12 +155,31 @@ def test_killed_scoring_job_resumes_without_duplicates_or_gaps(tmp_path):
     ids = [f"p{i:02d}" for i in range(40)]
     write_pair_folder(archive, ids, size=(96, 96), seed=6)
     output = tmp_path / "out"
-    command = [sys.executable, str(ROOT / "jobs" / "score.py"), "--model", str(model_dir), "--input", str(archive),
-               "--output", str(output), "score.flush_rows=2", "score.batch_size=2", "score.max_actors=1",
-               "ray.num_cpus=4", "score.progress_seconds=1"]
+    command = [
+        sys.executable,
+        str(ROOT / "jobs" / "score.py"),
+        "--model",
+        str(model_dir),
+        "--input",
+        str(archive),
+        "--output",
+        str(output),
+        "score.flush_rows=2",
+        "score.batch_size=2",
+        "score.max_actors=1",
+        "ray.num_cpus=4",
+        "score.progress_seconds=1",
+    ]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if len(list((output / "results").glob("*.parquet"))) >= 3:
@@ -185,10 +217,18 @@ def test_hostile_ids_leftover_temp_files_pixel_cap_and_retry(ray_local, tmp_path
     Image.fromarray(pairs["a"]["t0"]).save(files / "t0" / "late.png")
 
     def rec(pid, name):
-        return PairRecord(pair_id=pid, t0=str(files / "t0" / f"{name}.png"), t1=str(files / "t1" / f"{name}.png"), split="test")
+        return PairRecord(
+            pair_id=pid, t0=str(files / "t0" / f"{name}.png"), t1=str(files / "t1" / f"{name}.png"), split="test"
+        )
 
-    records = [rec("a", "a"), rec("../../escaped", "b"), rec(str(tmp_path / "abs"), "b"), rec("sub/b", "b"),
-               rec("huge", "huge"), rec("late", "late")]
+    records = [
+        rec("a", "a"),
+        rec("../../escaped", "b"),
+        rec(str(tmp_path / "abs"), "b"),
+        rec("sub/b", "b"),
+        rec("huge", "huge"),
+        rec("late", "late"),
+    ]
     manifest = write_manifest(records, str(tmp_path / "manifest.parquet"))
     output = tmp_path / "deep" / "out"
     cfg = _cfg("score.max_pixels=2048", "score.min_actors=1", "score.max_actors=2", "score.batch_size=1")

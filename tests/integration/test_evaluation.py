@@ -132,7 +132,12 @@ def pair_folder(tmp_path) -> Path:
 
 def _records(root: Path) -> list[PairRecord]:
     return [
-        PairRecord(pair_id=p, t0=str(root / "t0" / f"{p}.png"), t1=str(root / "t1" / f"{p}.png"), mask=str(root / "mask" / f"{p}.png"))
+        PairRecord(
+            pair_id=p,
+            t0=str(root / "t0" / f"{p}.png"),
+            t1=str(root / "t1" / f"{p}.png"),
+            mask=str(root / "mask" / f"{p}.png"),
+        )
         for p in ("a", "b", "c")
     ]
 
@@ -141,7 +146,14 @@ def test_evaluate_pairs_pools_counts_and_writes_the_report(pair_folder, tmp_path
     records = _records(pair_folder)
     # A broken pair is skipped with its reason, not fatal.
     (tmp_path / "broken.png").write_bytes(b"not an image")
-    records.append(PairRecord(pair_id="broken", t0=str(tmp_path / "broken.png"), t1=str(tmp_path / "broken.png"), mask=str(tmp_path / "broken.png")))
+    records.append(
+        PairRecord(
+            pair_id="broken",
+            t0=str(tmp_path / "broken.png"),
+            t1=str(tmp_path / "broken.png"),
+            mask=str(tmp_path / "broken.png"),
+        )
+    )
     # A method whose output depends on the order: change where t1 is brighter.
     brighter = Method("brighter", lambda a, b: (b.astype(int).sum(2) > a.astype(int).sum(2)).astype(np.uint8))
     out = tmp_path / "report"
@@ -208,11 +220,24 @@ def test_evaluate_cli_on_real_pairs(tmp_path, capsys):
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "fcsd", create_model("fc_siam_diff"))
     out = tmp_path / "report"
-    code = cli_main([
-        "evaluate", "--model", str(tmp_path / "c3po"), "--baseline", str(tmp_path / "fcsd"),
-        "--input", str(SHARED_DATA / "levir-cd-samples"), "--split", "test", "--output", str(out), "--max-panels", "2",
-        "tracking.tracking_uri=sqlite:///" + str(tmp_path / "unused.db"),
-    ])
+    code = cli_main(
+        [
+            "evaluate",
+            "--model",
+            str(tmp_path / "c3po"),
+            "--baseline",
+            str(tmp_path / "fcsd"),
+            "--input",
+            str(SHARED_DATA / "levir-cd-samples"),
+            "--split",
+            "test",
+            "--output",
+            str(out),
+            "--max-panels",
+            "2",
+            "tracking.tracking_uri=sqlite:///" + str(tmp_path / "unused.db"),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     report = json.loads((out / "report.json").read_text())
@@ -226,7 +251,9 @@ def test_evaluate_cli_on_real_pairs(tmp_path, capsys):
 
 
 def test_evaluate_cli_errors(tmp_path, capsys):
-    code = cli_main(["evaluate", "--model", str(tmp_path / "missing"), "--input", str(tmp_path), "--output", str(tmp_path / "o")])
+    code = cli_main(
+        ["evaluate", "--model", str(tmp_path / "missing"), "--input", str(tmp_path), "--output", str(tmp_path / "o")]
+    )
     assert code == 1
     assert "not found" in capsys.readouterr().err
     code = cli_main(["evaluate", "--model", "m", "--input", "i", "--output", "o", "score.tile_size=nope"])
@@ -249,9 +276,17 @@ def test_evaluate_uses_config_layout(pair_folder, tmp_path):
     for mask in (pair_folder / "mask").iterdir():
         mask.unlink()
     with pytest.raises(ValueError, match="none of 3 pairs could be evaluated .*no mask"):
-        evaluate(cfg, model_uri=str(tmp_path / "m"), input_uri=str(pair_folder), output_dir=tmp_path / "r2", progress=None)
+        evaluate(
+            cfg, model_uri=str(tmp_path / "m"), input_uri=str(pair_folder), output_dir=tmp_path / "r2", progress=None
+        )
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "five", create_model("fc_siam_diff", num_classes=5))
     with pytest.raises(ValueError, match="predicts 5 classes"):
-        evaluate(cfg, model_uri=str(tmp_path / "m"), input_uri=str(pair_folder), output_dir=tmp_path / "r3",
-                 baseline_uris=[str(tmp_path / "five")], progress=None)
+        evaluate(
+            cfg,
+            model_uri=str(tmp_path / "m"),
+            input_uri=str(pair_folder),
+            output_dir=tmp_path / "r3",
+            baseline_uris=[str(tmp_path / "five")],
+            progress=None,
+        )

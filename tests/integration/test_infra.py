@@ -22,8 +22,6 @@ INFRA = ROOT / "infra"
 KUBERAY = INFRA / "kuberay"
 
 
-
-
 render = load_module(KUBERAY / "render.py")
 
 
@@ -49,10 +47,14 @@ def _image_path(path: str) -> Path:
 def test_kuberay_manifests_are_ray_io_v1_of_the_installed_ray():
     docs = _manifests()
     assert {name: doc["kind"] for name, doc in docs.items()} == {
-        "raycluster.yaml": "RayCluster", "rayjob.yaml": "RayJob", "rayservice.yaml": "RayService",
+        "raycluster.yaml": "RayCluster",
+        "rayjob.yaml": "RayJob",
+        "rayservice.yaml": "RayService",
     }
     assert {doc["apiVersion"] for doc in docs.values()} == {"ray.io/v1"}
-    secrets = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all((KUBERAY / "secrets.example.yaml").read_text())}
+    secrets = {
+        (d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all((KUBERAY / "secrets.example.yaml").read_text())
+    }
     for name, spec in _cluster_specs().items():
         assert spec["rayVersion"] == ray.__version__, name
         assert spec["enableInTreeAutoscaling"] is True
@@ -67,8 +69,12 @@ def test_kuberay_manifests_are_ray_io_v1_of_the_installed_ray():
             assert all(isinstance(v, str) for v in group["rayStartParams"].values()), name
         for pod in pods:
             for container in pod["spec"]["containers"]:
-                refs = {("ConfigMap", r["configMapRef"]["name"]) if "configMapRef" in r else ("Secret", r["secretRef"]["name"])
-                        for r in container["envFrom"]}
+                refs = {
+                    ("ConfigMap", r["configMapRef"]["name"])
+                    if "configMapRef" in r
+                    else ("Secret", r["secretRef"]["name"])
+                    for r in container["envFrom"]
+                }
                 assert refs <= secrets, f"{name}: {refs - secrets} not in secrets.example.yaml"
 
 
@@ -133,7 +139,10 @@ def test_cluster_launcher_config_passes_rays_validation():
     nodes = prepared["available_node_types"]
     assert nodes[prepared["head_node_type"]]["resources"] == {"CPU": 0}
     assert nodes["gpu"]["min_workers"] == 0 and nodes["gpu"]["node_config"]["InstanceType"].startswith("g")
-    assert prepared["docker"]["image"] == _manifests()["raycluster.yaml"]["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+    assert (
+        prepared["docker"]["image"]
+        == _manifests()["raycluster.yaml"]["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+    )
 
     import jsonschema
 

@@ -84,7 +84,11 @@ def test_fit_local_errors(tmp_path):
     with pytest.raises(ValueError, match="cannot fill one batch of 2: raise data.repeat"):
         fit_local(_cfg(), scan_folder(str(tmp_path)), progress=None)
     with pytest.raises(ValueError, match="class_weights has 3 values but model.num_classes is 2"):
-        fit_local(_cfg(data={"repeat": 2}, train={"class_weights": [1.0, 2.0, 3.0]}), scan_folder(str(tmp_path)), progress=None)
+        fit_local(
+            _cfg(data={"repeat": 2}, train={"class_weights": [1.0, 2.0, 3.0]}),
+            scan_folder(str(tmp_path)),
+            progress=None,
+        )
 
 
 def test_real_pairs_recipe():

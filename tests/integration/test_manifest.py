@@ -41,7 +41,9 @@ def test_manifest_round_trip_and_relative_paths(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"pair_id": ["c"], "t0": ["imgs/c0.png"], "t1": ["imgs/c1.png"]}), tmp_path / "hand.parquet")
+    pq.write_table(
+        pa.table({"pair_id": ["c"], "t0": ["imgs/c0.png"], "t1": ["imgs/c1.png"]}), tmp_path / "hand.parquet"
+    )
     (hand,) = read_manifest(str(tmp_path / "hand.parquet"))
     assert hand.t0 == str(tmp_path / "imgs" / "c0.png") and hand.split == "train" and hand.mask is None
     pq.write_table(pa.table({"pair_id": ["c", "c"], "t0": ["a", "b"], "t1": ["a", "b"]}), tmp_path / "dup.parquet")
@@ -63,7 +65,10 @@ def test_shards_hold_the_bytes_and_leave_out_bad_pairs(tmp_path):
     assert "UnidentifiedImageError" in reasons["bad_decode"]
     assert "mask is (10, 16) but images are (12, 16)" in reasons["bad_size"]
     assert "mask is not binary" in reasons["bad_values"]
-    assert packed.pairs == 5 and [p.rsplit("/", 1)[1] for p in packed.shards] == ["part-00000.parquet", "part-00001.parquet"]
+    assert packed.pairs == 5 and [p.rsplit("/", 1)[1] for p in packed.shards] == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+    ]
 
     records = read_shard_records(str(tmp_path / "shards"))
     assert [r.pair_id for r in records] == [f"p{i}" for i in range(5)]
@@ -79,10 +84,17 @@ def test_shards_hold_the_bytes_and_leave_out_bad_pairs(tmp_path):
 def test_prepare_command_writes_manifest_and_shards(tmp_path, capsys):
     write_pair_folder(tmp_path / "d", ["a", "b", "c"], size=(8, 8))
     _spoil(tmp_path / "d")
-    code = prepare_main([
-        str(tmp_path / "d"), "--manifest", str(tmp_path / "out" / "manifest.parquet"),
-        "--shards", str(tmp_path / "out" / "shards"), "--summary", str(tmp_path / "summary.json"),
-    ])
+    code = prepare_main(
+        [
+            str(tmp_path / "d"),
+            "--manifest",
+            str(tmp_path / "out" / "manifest.parquet"),
+            "--shards",
+            str(tmp_path / "out" / "shards"),
+            "--summary",
+            str(tmp_path / "summary.json"),
+        ]
+    )
     assert code == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["pairs"] == 3 and summary["skipped_count"] == 4 and summary["layout"] == "folder"
@@ -131,10 +143,15 @@ def test_manifest_and_shards_on_s3(ray_local, tmp_path, s3_endpoint, s3_bucket):
     opts = StorageSection(endpoint_url=s3_endpoint)
     arrays = write_pair_folder(tmp_path / "d", [f"p{i}" for i in range(5)], size=(8, 12))
     for path in sorted((tmp_path / "d").rglob("*.png")):
-        storage.write_bytes(f"s3://{s3_bucket}/raw/{path.relative_to(tmp_path / 'd').as_posix()}", path.read_bytes(), opts)
+        storage.write_bytes(
+            f"s3://{s3_bucket}/raw/{path.relative_to(tmp_path / 'd').as_posix()}", path.read_bytes(), opts
+        )
     summary = prepare_dataset(
-        f"s3://{s3_bucket}/raw", manifest=f"s3://{s3_bucket}/m/manifest.parquet",
-        shards=f"s3://{s3_bucket}/shards", pairs_per_shard=2, storage_options=opts,
+        f"s3://{s3_bucket}/raw",
+        manifest=f"s3://{s3_bucket}/m/manifest.parquet",
+        shards=f"s3://{s3_bucket}/shards",
+        pairs_per_shard=2,
+        storage_options=opts,
     )
     assert summary.pairs == 5 and len(summary.shards) == 3 and not summary.skipped
     manifest = read_manifest(f"s3://{s3_bucket}/m/manifest.parquet", storage_options=opts)

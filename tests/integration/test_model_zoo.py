@@ -119,11 +119,19 @@ def test_torch_export(case):
 
 # --- registry and presets --------------------------------------------------
 
+
 def test_presets_fix_the_papers_configurations():
     assert {"c3po", "fc_ef", "fc_siam_conc", "fc_siam_diff", *PRESETS} == set(list_models())
     vl = create_model(name="c3po_vl_cmu_cd", msf_width=16, weights="none")
-    assert vl.config == {"name": "c3po", "backbone": "resnet18", "mtf": "id", "msf_scales": 4,
-                         "head": "deeplabv3", "num_classes": 2, "msf_width": 16}
+    assert vl.config == {
+        "name": "c3po",
+        "backbone": "resnet18",
+        "mtf": "id",
+        "msf_scales": 4,
+        "head": "deeplabv3",
+        "num_classes": 2,
+        "msf_width": 16,
+    }
     assert create_model(name="c3po_pcd_vgg16_bn", msf_width=16, weights="none").config["backbone"] == "vgg16_bn"
     assert create_model(name="c3po_changesim_multi", msf_width=16, weights="none").num_classes == 5
     assert create_model("c3po_changesim_binary", msf_width=16, weights="none").config["mtf"] == "iade"
@@ -142,8 +150,10 @@ def test_presets_start_from_imagenet_weights(monkeypatch, tmp_path):
     reference = resnet18(weights=None)
     torch.save(reference.state_dict(), tmp_path / "r18.pth")
     model = create_model(name="c3po_vl_cmu_cd", msf_width=16, weights_file=str(tmp_path / "r18.pth"))
-    torch.testing.assert_close(model.backbone.state_dict()[next(iter(model.backbone.state_dict()))],
-                               next(iter(reference.state_dict().values())))
+    torch.testing.assert_close(
+        model.backbone.state_dict()[next(iter(model.backbone.state_dict()))],
+        next(iter(reference.state_dict().values())),
+    )
 
 
 def test_baselines_take_only_num_classes():
@@ -160,6 +170,7 @@ def test_unknown_timm_model_is_a_value_error():
 
 
 # --- initialisation ----------------------------------------------------------
+
 
 def _perturb_bn(module: torch.nn.Module, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
@@ -203,7 +214,9 @@ def test_transplant_from_torchvision_segmentation_model(tmp_path, source, builde
     # A change model with 2 classes keeps everything but the last layer of the head.
     binary = create_model(weights=f"torchvision:{source}", weights_file=str(path), msf_width=16).eval()
     with torch.no_grad():
-        torch.testing.assert_close(_all_but_last(binary.head)(z), _all_but_last(seg.classifier)(z), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            _all_but_last(binary.head)(z), _all_but_last(seg.classifier)(z), atol=1e-5, rtol=1e-5
+        )
         assert binary.head[-1].weight.shape[0] == 2
 
 
@@ -237,7 +250,9 @@ def test_imagenet_weights_from_a_local_file(tmp_path):
     with torch.no_grad():
         _perturb_bn(reference, 5)
     torch.save(reference.state_dict(), tmp_path / "mnv2.pth")
-    model = create_model(backbone="mobilenet_v2", weights="imagenet", weights_file=str(tmp_path / "mnv2.pth"), msf_width=16)
+    model = create_model(
+        backbone="mobilenet_v2", weights="imagenet", weights_file=str(tmp_path / "mnv2.pth"), msf_width=16
+    )
     ours = model.backbone.state_dict()
     for key, value in reference.state_dict().items():
         if key.startswith("features.") and int(key.split(".")[1]) < 18:
@@ -252,7 +267,9 @@ def test_imagenet_weights_for_a_timm_backbone_from_a_local_file(tmp_path):
     with torch.no_grad():
         _perturb_bn(reference, 6)
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(tmp_path / "r18.safetensors"))
-    model = create_model(backbone="timm:resnet18", weights="imagenet", weights_file=str(tmp_path / "r18.safetensors"), msf_width=16)
+    model = create_model(
+        backbone="timm:resnet18", weights="imagenet", weights_file=str(tmp_path / "r18.safetensors"), msf_width=16
+    )
     assert torch.equal(model.backbone.net.conv1.weight, reference.conv1.weight)
     assert torch.equal(model.backbone.net.layer4[1].bn2.running_var, reference.layer4[1].bn2.running_var)
 
@@ -309,7 +326,10 @@ def test_config_resolves_preset_class_counts():
     from changeseg.config import build_config
 
     assert build_config(overrides=["model.name=c3po_changesim_multi"]).model.resolved_num_classes() == 5
-    assert build_config(overrides=["model.name=c3po_changesim_multi", "model.num_classes=3"]).model.resolved_num_classes() == 3
+    assert (
+        build_config(overrides=["model.name=c3po_changesim_multi", "model.num_classes=3"]).model.resolved_num_classes()
+        == 3
+    )
     cfg = build_config(overrides=["model.name=c3po_vl_cmu_cd", "model.msf_width=16"])
     # The preset's default weights are resolved at validation: the factory gets a parsed spec.
     assert cfg.model.factory_kwargs() == {"name": "c3po_vl_cmu_cd", "msf_width": 16, "weights": WeightsSpec("imagenet")}

@@ -120,8 +120,19 @@ def test_mtf_appear_and_disappear_share_conv_by_default(pair):
 
 @pytest.mark.parametrize(
     ("mode", "n_convs"),
-    [("i", 1), ("i2", 2), ("a", 1), ("ia", 2), ("iad", 2), ("iad2", 3), ("iade", 3),
-     ("i2ade", 4), ("iad2e", 4), ("i2ad2e", 5), ("i2d", 3)],
+    [
+        ("i", 1),
+        ("i2", 2),
+        ("a", 1),
+        ("ia", 2),
+        ("iad", 2),
+        ("iad2", 3),
+        ("iade", 3),
+        ("i2ade", 4),
+        ("iad2e", 4),
+        ("i2ad2e", 5),
+        ("i2d", 3),
+    ],
 )
 def test_mtf_parameter_count_reflects_shared_and_separate_convs(mode, n_convs):
     mtf = MTF(4, mode)
@@ -153,6 +164,7 @@ def test_mtf_invalid_mode(bad):
 
 
 # --- MSF -------------------------------------------------------------------
+
 
 def _feats(channels=(4, 8, 16, 32), sizes=((17, 24), (9, 12), (5, 6), (3, 3)), n=2):
     g = torch.Generator().manual_seed(1)
@@ -192,6 +204,7 @@ def test_msf_num_scales_validated(num_scales):
 
 
 # --- backbone --------------------------------------------------------------
+
 
 def test_resnet18_backbone_scales():
     bb = create_backbone(name="resnet18")
@@ -242,6 +255,7 @@ def test_unknown_backbone():
 
 
 # --- full model ------------------------------------------------------------
+
 
 @pytest.mark.parametrize("head", ["fcn", "deeplabv3"])
 @pytest.mark.parametrize("msf_scales", [1, 2, 3, 4])
@@ -325,8 +339,15 @@ def test_config_round_trip_reproduces_outputs():
     with torch.no_grad():
         model.train()(t0, t1)  # move BN running stats away from their defaults
     config = json.loads(json.dumps(model.config))
-    assert config == {"name": "c3po", "backbone": "resnet18", "mtf": "i2ad2e", "msf_scales": 3,
-                      "head": "deeplabv3", "num_classes": 3, "msf_width": 16}
+    assert config == {
+        "name": "c3po",
+        "backbone": "resnet18",
+        "mtf": "i2ad2e",
+        "msf_scales": 3,
+        "head": "deeplabv3",
+        "num_classes": 3,
+        "msf_width": 16,
+    }
     rebuilt = model_from_config(config).eval()
     model.eval()
     with torch.no_grad():

@@ -10,7 +10,13 @@ import torch
 from changeseg.data.pairs import load_pair
 from changeseg.data.raster import RasterOptions
 
-FOUR = {"bands": (1, 2, 3, 4), "scaling": "range", "value_range": (0, 10000), "percentiles": (2, 98), "align": "reproject"}
+FOUR = {
+    "bands": (1, 2, 3, 4),
+    "scaling": "range",
+    "value_range": (0, 10000),
+    "percentiles": (2, 98),
+    "align": "reproject",
+}
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +33,16 @@ def scenes(tmp_path_factory):
 
 def test_reading_bands_scaling_and_nodata(scenes):
     row = scenes["same"]
-    raw = g.texture(g.HEIGHT + 40, g.WIDTH + 40)[:, 20:20 + g.HEIGHT, 20:20 + g.WIDTH]
+    raw = g.texture(g.HEIGHT + 40, g.WIDTH + 40)[:, 20 : 20 + g.HEIGHT, 20 : 20 + g.WIDTH]
     s = load_pair(row, raster=FOUR)
     assert s["t0"].shape == (g.HEIGHT, g.WIDTH, 4) and s["t0"].dtype == np.uint8
     y, x = 100, 200
     assert s["t0"][y, x].tolist() == np.rint(raw[:, y, x] / 10000 * 255).astype(int).tolist()
     # dtype scaling divides by 65535; the default bands are the first three
     d = load_pair(row, raster={**FOUR, "bands": None, "scaling": "dtype"})
-    assert d["t0"].shape[-1] == 3 and d["t0"][y, x].tolist() == np.rint(raw[:3, y, x] / 65535 * 255).astype(int).tolist()
+    assert (
+        d["t0"].shape[-1] == 3 and d["t0"][y, x].tolist() == np.rint(raw[:3, y, x] / 65535 * 255).astype(int).tolist()
+    )
     # percentile scaling stretches each band over its 2-98 % range
     p = load_pair(row, raster={**FOUR, "scaling": "percentile"})
     valid = p["mask"] != 255
@@ -44,9 +52,11 @@ def test_reading_bands_scaling_and_nodata(scenes):
     assert picked["t0"][y, x].tolist() == [s["t0"][y, x, 3], s["t0"][y, x, 0]]
     # nodata borders: zero in the images, ignored in the mask
     assert (s["mask"][: g.BORDER] == 255).all() and (s["mask"][:, : g.BORDER] == 255).all()
-    assert (s["t0"][: g.BORDER] == 0).all() and (s["mask"][g.BORDER:, g.BORDER:] != 255).all()
+    assert (s["t0"][: g.BORDER] == 0).all() and (s["mask"][g.BORDER :, g.BORDER :] != 255).all()
     rows, cols = g.change_box(g.HEIGHT, g.WIDTH)
-    assert s["mask"][rows, cols].min() == 1 and int((s["mask"] == 1).sum()) == (rows.stop - rows.start) * (cols.stop - cols.start)
+    assert s["mask"][rows, cols].min() == 1 and int((s["mask"] == 1).sum()) == (rows.stop - rows.start) * (
+        cols.stop - cols.start
+    )
 
 
 def test_single_band_is_repeated(tmp_path):
@@ -99,8 +109,14 @@ def test_training_reads_random_windows_only(scenes, monkeypatch):
 
     seen = []
     real = raster.read_scaled
-    monkeypatch.setattr(raster, "read_scaled", lambda ds, bands, ranges, window=None: seen.append(window) or real(ds, bands, ranges, window))
-    cfg = build_config({"data": {"bands": [1, 2, 3, 4], "crop_size": 64, "scaling": "range", "value_range": [0, 10000]}})
+    monkeypatch.setattr(
+        raster,
+        "read_scaled",
+        lambda ds, bands, ranges, window=None: seen.append(window) or real(ds, bands, ranges, window),
+    )
+    cfg = build_config(
+        {"data": {"bands": [1, 2, 3, 4], "crop_size": 64, "scaling": "range", "value_range": [0, 10000]}}
+    )
     loader = _LoadPair(load=load_options(cfg), augment=augment_options(cfg))
     out = loader(dict(scenes["shifted"], mask_encoding="", shard="", shard_row=-1))
     assert len(out) == 1 and out[0]["t0"].shape == (64, 64, 4) and out[0]["mask"].shape == (64, 64)
@@ -127,8 +143,16 @@ def test_four_band_model_keeps_rgb_filters_and_exports(tmp_path):
 
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
     source = torch.load(tmp_path / "r18.pth")["conv1.weight"]
-    model = create_model(backbone="resnet18", msf_width=16, msf_scales=2, head="fcn", in_channels=4,
-                         rgb_channels=[2, 1, 0], weights="imagenet", weights_file=str(tmp_path / "r18.pth"))
+    model = create_model(
+        backbone="resnet18",
+        msf_width=16,
+        msf_scales=2,
+        head="fcn",
+        in_channels=4,
+        rgb_channels=[2, 1, 0],
+        weights="imagenet",
+        weights_file=str(tmp_path / "r18.pth"),
+    )
     conv = model.backbone.stem[0].weight
     assert conv.shape[1] == 4
     assert torch.allclose(conv[:, 2] * 4 / 3, source[:, 0]) and torch.allclose(conv[:, 0] * 4 / 3, source[:, 2])
@@ -156,13 +180,27 @@ def test_fine_tune_four_bands_from_imagenet_weights(tmp_path):
 
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
     row = g.scene_pair(tmp_path / "s", size=(160, 200))
-    cfg = build_config({
-        "data": {"bands": [1, 2, 3, 4], "band_roles": ["blue", "green", "red", "nir"], "crop_size": 64,
-                 "scaling": "range", "value_range": [0, 10000], "repeat": 4},
-        "model": {"backbone": "resnet18", "msf_width": 16, "msf_scales": 2, "head": "fcn", "weights": "imagenet",
-                  "weights_file": str(tmp_path / "r18.pth")},
-        "train": {"epochs": 1, "batch_size": 2, "num_workers": 1, "class_weights": "none"},
-    })
+    cfg = build_config(
+        {
+            "data": {
+                "bands": [1, 2, 3, 4],
+                "band_roles": ["blue", "green", "red", "nir"],
+                "crop_size": 64,
+                "scaling": "range",
+                "value_range": [0, 10000],
+                "repeat": 4,
+            },
+            "model": {
+                "backbone": "resnet18",
+                "msf_width": 16,
+                "msf_scales": 2,
+                "head": "fcn",
+                "weights": "imagenet",
+                "weights_file": str(tmp_path / "r18.pth"),
+            },
+            "train": {"epochs": 1, "batch_size": 2, "num_workers": 1, "class_weights": "none"},
+        }
+    )
     record = PairRecord(row["pair_id"], row["t0"], row["t1"], row["mask"])
     fit = fit_local(cfg, [record], device="cpu", progress=None)
     assert fit.steps == 2 and all(np.isfinite(fit.losses))
@@ -199,8 +237,12 @@ def test_s3_scenes_are_read_in_place_window_by_window(tmp_path, s3_endpoint, s3_
     torch.manual_seed(0)
     model = create_model(backbone="resnet18", msf_width=16, msf_scales=2, head="fcn", in_channels=4)
     predictor = Predictor(model, tile_size=256, tile_overlap=32, batch_size=2)
-    outs = [score_scene(predictor, row, output_uri=str(tmp_path / name), opts=SceneOptions(raster=FOUR),
-                        storage_options=opts) for name, row in (("s3", remote), ("local", local))]
+    outs = [
+        score_scene(
+            predictor, row, output_uri=str(tmp_path / name), opts=SceneOptions(raster=FOUR), storage_options=opts
+        )
+        for name, row in (("s3", remote), ("local", local))
+    ]
     assert outs[0]["tiles"] > 1 and outs[0]["metrics_state"] == outs[1]["metrics_state"]
     with rasterio.open(outs[0]["mask_uri"]) as a, rasterio.open(outs[1]["mask_uri"]) as b:
         np.testing.assert_array_equal(a.read(1), b.read(1))

@@ -42,14 +42,16 @@ def test_finetune_from_and_to_s3(ray_local, tmp_path, s3_endpoint, s3_bucket, tr
         packed = prepare_dataset(f"s3://{s3_bucket}/pairs", shards=train_path, pairs_per_shard=4, storage_options=opts)
         assert len(packed.shards) == 3 and packed.pairs == 10
 
-    cfg = build_config({
-        "run": {"name": "s3run", "storage_path": f"s3://{s3_bucket}/runs"},
-        "data": {"train_path": train_path, "val_fraction": 0.2},
-        "model": {"msf_width": 16, "msf_scales": 2},
-        "train": {"epochs": 1, "batch_size": 2, "num_workers": 2, "num_overlays": 1},
-        "tracking": {"tracking_uri": tracking_uri},
-        "storage": {"endpoint_url": s3_endpoint},
-    })
+    cfg = build_config(
+        {
+            "run": {"name": "s3run", "storage_path": f"s3://{s3_bucket}/runs"},
+            "data": {"train_path": train_path, "val_fraction": 0.2},
+            "model": {"msf_width": 16, "msf_scales": 2},
+            "train": {"epochs": 1, "batch_size": 2, "num_workers": 2, "num_overlays": 1},
+            "tracking": {"tracking_uri": tracking_uri},
+            "storage": {"endpoint_url": s3_endpoint},
+        }
+    )
     result = finetune(cfg)
     assert result.train_pairs == 8 and result.val_pairs == 2 and result.skipped_pairs == []
     assert result.data_source == train_path

@@ -12,7 +12,13 @@ import torch
 
 from changeseg.inference.scene import SceneOptions, score_scene
 
-RASTER = {"bands": (1, 2, 3, 4), "scaling": "range", "value_range": (0, 10000), "percentiles": (2, 98), "align": "reproject"}
+RASTER = {
+    "bands": (1, 2, 3, 4),
+    "scaling": "range",
+    "value_range": (0, 10000),
+    "percentiles": (2, 98),
+    "align": "reproject",
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +39,15 @@ def test_scene_outputs_are_cogs_on_t0s_grid(tmp_path, predictor):
     opts = SceneOptions(raster=RASTER, write_probabilities=True, regions_crs="EPSG:4326")
     out = score_scene(predictor, row, output_uri=str(tmp_path / "out"), opts=opts)
     assert out["tiles"] > 1 and out["crs"] == "EPSG:32633" and out["metrics_state"] is not None
-    with rasterio.open(row["t0"]) as t0, rasterio.open(out["mask_uri"]) as mask, rasterio.open(out["probability_uri"]) as prob:
+    with (
+        rasterio.open(row["t0"]) as t0,
+        rasterio.open(out["mask_uri"]) as mask,
+        rasterio.open(out["probability_uri"]) as prob,
+    ):
         assert mask.crs == t0.crs and mask.transform == t0.transform and mask.shape == t0.shape
         assert mask.nodata == 255 and prob.crs == t0.crs and prob.dtypes[0] == "uint8"
         m = mask.read(1)
-        assert (m[: g.BORDER] == 255).all() and (m[g.BORDER:, g.BORDER:] != 255).all()  # nodata marked
+        assert (m[: g.BORDER] == 255).all() and (m[g.BORDER :, g.BORDER :] != 255).all()  # nodata marked
         assert (prob.read_masks(1)[: g.BORDER] == 0).all()
         assert out["bounds"] == [t0.bounds.left, t0.bounds.bottom, t0.bounds.right, t0.bounds.top]
     for uri in (out["mask_uri"], out["probability_uri"]):
@@ -87,7 +97,9 @@ def test_polygons_land_on_the_changed_pixels(tmp_path):
     assert props["bounds"] == pytest.approx([x0, y0, x0 + 80 * g.PIXEL, y0 + 50 * g.PIXEL])
     assert writer.top()[0] == {"class": 1, "bbox": [50, 40, 130, 90], "area": 4000}
     # geographic CRS: geodesic areas in square metres
-    geo = g.write(tmp_path / "geo.tif", mask, nodata=255, crs="EPSG:4326", transform=from_origin(15.0, 36.0, 1e-4, 1e-4))
+    geo = g.write(
+        tmp_path / "geo.tif", mask, nodata=255, crs="EPSG:4326", transform=from_origin(15.0, 36.0, 1e-4, 1e-4)
+    )
     write_regions(geo, tmp_path / "g.geojson", block=64)
     area = max(f["properties"]["area_m2"] for f in json.loads((tmp_path / "g.geojson").read_text())["features"])
     assert 4000 * 9.0 * 11.1 * 0.9 < area < 4000 * 9.0 * 11.1 * 1.1  # ~9.0 m x 11.1 m per pixel at 36 degrees N
@@ -130,7 +142,9 @@ def test_batch_stages_give_scene_rows_and_error_rows(tmp_path, predictor):
     from changeseg.inference.score_actor import Scorer as _Scorer
     from changeseg.inference.score_results import RESULT_SCHEMA
 
-    cfg = build_config({"data": {"bands": [1, 2, 3, 4], "scaling": "range", "value_range": [0, 10000], "align": "reject"}})
+    cfg = build_config(
+        {"data": {"bands": [1, 2, 3, 4], "scaling": "range", "value_range": [0, 10000], "align": "reject"}}
+    )
     good = g.scene_pair(tmp_path / "a", pid="good", size=(120, 140))
     moved = g.scene_pair(tmp_path / "b", pid="moved", shift=(2, 2), size=(120, 140))
     corrupt = tmp_path / "bad.tif"
@@ -146,6 +160,10 @@ def test_batch_stages_give_scene_rows_and_error_rows(tmp_path, predictor):
     table = scorer(batch).to_pylist()
     assert set(RESULT_SCHEMA.names) >= {"crs", "bounds", "regions_uri"}
     by_id = {r["pair_id"]: r for r in table}
-    assert by_id["good"]["status"] == "ok" and by_id["good"]["crs"] == "EPSG:32633" and by_id["good"]["mask_uri"].endswith("good.tif")
+    assert (
+        by_id["good"]["status"] == "ok"
+        and by_id["good"]["crs"] == "EPSG:32633"
+        and by_id["good"]["mask_uri"].endswith("good.tif")
+    )
     assert by_id["moved"]["status"] == "error" and "data.align is reject" in by_id["moved"]["error"]
     assert by_id["corrupt"]["status"] == "error" and "corrupt" in by_id

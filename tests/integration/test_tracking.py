@@ -59,7 +59,11 @@ def test_champion_alias_follows_the_better_metric(tmp_path, tracking_uri):
     for seed, f1 in [(1, 0.5), (2, 0.4), (3, 0.7)]:
         run = tracking.start_or_resume_run(_cfg(tracking_uri, name=f"run{seed}"))
         _, directory = _checkpoint(tmp_path, seed)
-        results.append(tracking.log_and_register_model(cfg, run_id=run.run_id, checkpoint_dir=directory, metrics={"val_global_f1": f1}))
+        results.append(
+            tracking.log_and_register_model(
+                cfg, run_id=run.run_id, checkpoint_dir=directory, metrics={"val_global_f1": f1}
+            )
+        )
     assert [r["version"] for r in results] == [1, 2, 3]
     assert [r["champion"] for r in results] == [True, False, True]
     assert results[1]["champion_version"] == 1 and results[1]["previous_champion_score"] == 0.5
@@ -97,7 +101,7 @@ def test_unknown_registry_version_is_a_clear_error(tracking_uri):
 
 
 def test_artifacts_live_beside_the_sqlite_store(tmp_path, tracking_uri, monkeypatch):
-    monkeypatch.chdir(tmp_path / ".." )  # a different working folder must not matter
+    monkeypatch.chdir(tmp_path / "..")  # a different working folder must not matter
     run = tracking.start_or_resume_run(_cfg(tracking_uri))
     assert run.artifact_uri.startswith((tmp_path / "mlartifacts" / "changeseg").as_uri())
 

@@ -70,10 +70,15 @@ def test_bad_config_fails_before_ray_starts(tmp_path):
     # A fresh process, so "Ray never started" is observable.
     done = subprocess.run(
         [sys.executable, str(ROOT / "jobs" / "finetune.py"), "train.epochz=3", "train.batch_size=big"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2
-    assert "unknown key 'train.epochz'" in done.stderr and "'train.batch_size'" in done.stderr and "integer" in done.stderr
+    assert (
+        "unknown key 'train.epochz'" in done.stderr and "'train.batch_size'" in done.stderr and "integer" in done.stderr
+    )
     assert "Started a local Ray instance" not in done.stdout + done.stderr
     assert not (tmp_path / "mlflow.db").exists()
 
@@ -83,7 +88,9 @@ def test_pipeline_decodes_and_counts_pixels(ray_local, tmp_path, tracking_uri):
     cfg = _cfg(tmp_path, tracking_uri, data={"train_path": str(tmp_path / "d"), "crop_size": 16})
     records = scan_folder(str(tmp_path / "d"))
     rows = {r["pair_id"]: r for r in pair_dataset(records, cfg, augment=False).take_all()}
-    assert np.array_equal(rows["p3"]["t1"], arrays["p3"]["t1"]) and np.array_equal(rows["p3"]["mask"], arrays["p3"]["mask"])
+    assert np.array_equal(rows["p3"]["t1"], arrays["p3"]["t1"]) and np.array_equal(
+        rows["p3"]["mask"], arrays["p3"]["mask"]
+    )
     augmented = pair_dataset(records, cfg, augment=True).take_all()
     assert {r["t0"].shape for r in augmented} == {(16, 16, 3)}
     changed, unchanged = count_change_pixels(records, cfg)
@@ -162,12 +169,28 @@ def test_pretrain_command_needs_two_images_and_one_source(tmp_path, capsys):
         pretrain_main(["--images", str(tmp_path / "img"), "--pairs", str(tmp_path)])
 
 
-def test_pretrain_on_labelled_pairs_gives_a_checkpoint_and_no_registry_version(ray_local, tmp_path, tracking_uri, capsys):
+def test_pretrain_on_labelled_pairs_gives_a_checkpoint_and_no_registry_version(
+    ray_local, tmp_path, tracking_uri, capsys
+):
     write_pair_folder(tmp_path / "d", [f"p{i}" for i in range(4)], size=(48, 48))
-    code = pretrain_main(["--pairs", str(tmp_path / "d"), "--pairs-per-image", "2", "--size", "32",
-                          f"run.storage_path={tmp_path / 'runs'}", "run.name=pre", f"tracking.tracking_uri={tracking_uri}",
-                          "model.msf_width=16", "model.msf_scales=2", "train.epochs=1", "train.batch_size=2",
-                          "train.num_workers=1"])
+    code = pretrain_main(
+        [
+            "--pairs",
+            str(tmp_path / "d"),
+            "--pairs-per-image",
+            "2",
+            "--size",
+            "32",
+            f"run.storage_path={tmp_path / 'runs'}",
+            "run.name=pre",
+            f"tracking.tracking_uri={tracking_uri}",
+            "model.msf_width=16",
+            "model.msf_scales=2",
+            "train.epochs=1",
+            "train.batch_size=2",
+            "train.num_workers=1",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "16 synthetic pairs in" in out  # 4 pairs x (t0 + t1) x 2

@@ -54,8 +54,11 @@ def test_rotate90_keeps_non_square_shapes():
 
 
 def test_rescale_bilinear_images_nearest_mask():
-    s = {"t0": np.full((4, 6, 3), 100, np.uint8), "t1": np.full((4, 6, 3), 50, np.uint8),
-         "mask": np.array([[0, 0, 0, 3, 3, 3]] * 4, np.uint8)}
+    s = {
+        "t0": np.full((4, 6, 3), 100, np.uint8),
+        "t1": np.full((4, 6, 3), 50, np.uint8),
+        "mask": np.array([[0, 0, 0, 3, 3, 3]] * 4, np.uint8),
+    }
     out = rescale(s, 0.5)
     assert out["t0"].shape == (2, 3, 3) and (out["t0"] == 100).all() and (out["t1"] == 50).all()
     assert set(np.unique(out["mask"])) <= {0, 3}  # nearest: no invented class ids
@@ -94,14 +97,19 @@ def test_scale_jitter_keeps_mask_aligned():
 
 
 def test_swap_binary_mask_unchanged_and_class_permutation():
-    s = {"t0": np.zeros((1, 3, 3), np.uint8), "t1": np.ones((1, 3, 3), np.uint8), "mask": np.array([[0, 1, 255]], np.uint8)}
+    s = {
+        "t0": np.zeros((1, 3, 3), np.uint8),
+        "t1": np.ones((1, 3, 3), np.uint8),
+        "mask": np.array([[0, 1, 255]], np.uint8),
+    }
     out = swap_times(s)
     assert (out["t0"] == 1).all() and (out["t1"] == 0).all() and out["mask"].tolist() == [[0, 1, 255]]
     # ChangeSim order: static, new, missing, rotated, replaced -> new <-> missing
     m = {"t0": s["t0"], "t1": s["t1"], "mask": np.array([[0, 1, 2, 3, 4, 255]], np.uint8)}
     assert swap_times(m, [0, 2, 1, 3, 4])["mask"].tolist() == [[0, 2, 1, 3, 4, 255]]
-    always = augment_pair(m, _Fixed(random=0.0), crop_size=None, hflip=False, vflip=False,
-                          swap_prob=1.0, swap_class_map=[0, 2, 1, 3, 4])
+    always = augment_pair(
+        m, _Fixed(random=0.0), crop_size=None, hflip=False, vflip=False, swap_prob=1.0, swap_class_map=[0, 2, 1, 3, 4]
+    )
     assert always["mask"].tolist() == [[0, 2, 1, 3, 4, 255]] and (always["t0"] == 1).all()
 
 
@@ -128,7 +136,12 @@ def test_dataset_recipes_load_with_the_papers_optimisation(name):
 
     arch = resolve_model_args(**cfg.model.factory_kwargs())
     expected_mtf = {"vl_cmu_cd": "id"}.get(name, "iade")
-    assert (arch["backbone"], arch["mtf"], arch["msf_scales"], arch["head"]) == ("resnet18", expected_mtf, 4, "deeplabv3")
+    assert (arch["backbone"], arch["mtf"], arch["msf_scales"], arch["head"]) == (
+        "resnet18",
+        expected_mtf,
+        4,
+        "deeplabv3",
+    )
     assert arch["num_classes"] == (5 if name == "changesim" else 2) and arch["weights"] == "imagenet"
     sizes = {"vl_cmu_cd": (512, 512), "pcd": (256, 1024), "changesim": (256, 256), "levir_cd": None}
     assert (tuple(cfg.data.resize) if cfg.data.resize else None) == sizes[name]
@@ -141,8 +154,12 @@ def test_resize_when_read(tmp_path):
     from changeseg.data.pairs import load_pair
 
     arrays = write_pair_folder(tmp_path, ["a"], size=(8, 12))
-    row = {"pair_id": "a", "t0": str(tmp_path / "t0" / "a.png"), "t1": str(tmp_path / "t1" / "a.png"),
-           "mask": str(tmp_path / "mask" / "a.png")}
+    row = {
+        "pair_id": "a",
+        "t0": str(tmp_path / "t0" / "a.png"),
+        "t1": str(tmp_path / "t1" / "a.png"),
+        "mask": str(tmp_path / "mask" / "a.png"),
+    }
     out = load_pair(row, resize=(16, 24))
     assert out["t0"].shape == (16, 24, 3) and out["mask"].shape == (16, 24)
     # nearest: each mask pixel doubled in both directions

@@ -23,8 +23,15 @@ def test_pasted_object_carries_its_own_pixels():
     donor, instances = _donor_with_object()
     image = np.full((64, 64, 3), 100, np.uint8)
     for seed in range(5):
-        pair = synthesize_pair(image, [donor], np.random.default_rng(seed), segmentations=[instances],
-                               objects=(1, 1), jitter=0.0, max_shift=0)
+        pair = synthesize_pair(
+            image,
+            [donor],
+            np.random.default_rng(seed),
+            segmentations=[instances],
+            objects=(1, 1),
+            jitter=0.0,
+            max_shift=0,
+        )
         changed = pair["mask"] == 1
         assert changed.sum() == 200
         # Whichever date got the object shows the object's value there, the other the background.
@@ -42,8 +49,14 @@ def test_binary_masks_become_one_object_per_component(tmp_path):
     Image.fromarray(donor).save(tmp_path / "donor.png")
     Image.fromarray(mask).save(tmp_path / "donor_mask.png")
     Image.fromarray(np.full((48, 48, 3), 90, np.uint8)).save(tmp_path / "image.png")
-    write_synthetic_pairs([tmp_path / "image.png", tmp_path / "donor.png"], tmp_path / "pairs", pairs_per_image=6,
-                          size=None, seed=1, segmentations=[None, tmp_path / "donor_mask.png"])
+    write_synthetic_pairs(
+        [tmp_path / "image.png", tmp_path / "donor.png"],
+        tmp_path / "pairs",
+        pairs_per_image=6,
+        size=None,
+        seed=1,
+        segmentations=[None, tmp_path / "donor_mask.png"],
+    )
     sizes = set()
     for path in sorted((tmp_path / "pairs" / "mask").glob("synth_00000_*.png")):
         sizes.add(int((np.asarray(Image.open(path)) > 0).sum()))
@@ -74,11 +87,13 @@ def test_pretraining_pairs_from_labelled_levir_pairs(tmp_path):
     from changeseg.data.layouts import scan_dataset
     from changeseg.training.pretraining import pairs_from_labelled
 
-    records = [r for r in scan_dataset(str(SHARED_DATA / "levir-cd-samples"), layout="levir").records
-               if r.split != "test"]
+    records = [
+        r for r in scan_dataset(str(SHARED_DATA / "levir-cd-samples"), layout="levir").records if r.split != "test"
+    ]
     lines: list[str] = []
-    count = pairs_from_labelled(build_config({}), records, tmp_path / "p", pairs_per_image=2, size=64,
-                                progress=lines.append)
+    count = pairs_from_labelled(
+        build_config({}), records, tmp_path / "p", pairs_per_image=2, size=64, progress=lines.append
+    )
     assert count == 2 * 2 * len(records)
     # LEVIR's changed buildings are the objects: one line says how many there are to paste.
     found = re.search(r"^8 images from 4 pairs, (\d+) changed objects to paste$", lines[0])

@@ -18,7 +18,9 @@ def test_defaults_follow_the_paper_recipe():
 
 
 def test_overrides_are_dotted_and_yaml_typed():
-    cfg = build_config({"train": {"epochs": 5}}, ["train.epochs=3", "model.mtf=id", "data.train_path=null", "train.lr=0.001"])
+    cfg = build_config(
+        {"train": {"epochs": 5}}, ["train.epochs=3", "model.mtf=id", "data.train_path=null", "train.lr=0.001"]
+    )
     assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
     assert cfg.model.mtf == "id"
     assert cfg.data.train_path is None
@@ -87,7 +89,9 @@ def test_the_model_section_follows_the_family_of_its_name():
 
 
 def test_a_c3po_field_on_a_baseline_is_named():
-    with pytest.raises(ConfigError, match=r"model\.backbone, model\.msf_width: C-3PO option, but model 'fc_ef' is an FC baseline"):
+    with pytest.raises(
+        ConfigError, match=r"model\.backbone, model\.msf_width: C-3PO option, but model 'fc_ef' is an FC baseline"
+    ):
         build_config({"model": {"name": "fc_ef", "backbone": "resnet18", "msf_width": 64}})
     with pytest.raises(ConfigError, match=r"'model': .*'fc_ef' has no pretrained backbone; weights='imagenet'"):
         build_config({}, ["model.name=fc_ef", "model.weights=imagenet"])
@@ -106,8 +110,13 @@ def test_an_override_switches_the_model_family():
     recipe = ROOT / "jobs" / "configs" / "levir_cd.yaml"
     baseline = load_config(recipe, ["model.name=fc_siam_diff"]).model
     # The recipe's C-3PO fields and its ImageNet weights go; its class count stays.
-    assert baseline.model_dump() == {"name": "fc_siam_diff", "num_classes": 2, "in_channels": None,
-                                     "weights": None, "weights_file": None}
+    assert baseline.model_dump() == {
+        "name": "fc_siam_diff",
+        "num_classes": 2,
+        "in_channels": None,
+        "weights": None,
+        "weights_file": None,
+    }
     warm = load_config(recipe, ["model.name=fc_ef", "model.weights=models:/fc-ef@champion"]).model
     assert warm.weights_spec().text == "models:/fc-ef@champion"
     # A C-3PO field given as an override with the switch is still an error, not dropped.

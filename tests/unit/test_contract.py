@@ -34,9 +34,13 @@ def test_a_timm_backbone_normalises_as_its_pretrained_cfg_says():
     assert _stats(model_from_config(model.config)) == pytest.approx(_stats(model))
     assert "channel_mean" not in create_model(msf_width=16, msf_scales=2).config  # ImageNet: as before
     # Extra bands keep their per-channel defaults; R, G, B take the cfg's values where they sit.
-    bands = create_model(backbone="timm:mobilevit_xxs", msf_width=16, msf_scales=2, in_channels=4, rgb_channels=[2, 1, 0])
+    bands = create_model(
+        backbone="timm:mobilevit_xxs", msf_width=16, msf_scales=2, in_channels=4, rgb_channels=[2, 1, 0]
+    )
     mean, std = cfg["mean"], cfg["std"]
-    assert _stats(bands) == pytest.approx([mean[2], mean[1], mean[0], DEFAULT_EXTRA_MEAN, std[2], std[1], std[0], DEFAULT_EXTRA_STD])
+    assert _stats(bands) == pytest.approx(
+        [mean[2], mean[1], mean[0], DEFAULT_EXTRA_MEAN, std[2], std[1], std[0], DEFAULT_EXTRA_STD]
+    )
 
 
 def test_explicit_channel_statistics_win():

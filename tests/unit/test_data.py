@@ -13,7 +13,9 @@ from changeseg.data.transforms import augment_pair, random_crop, random_flip
 
 def _png(array, mode=None):
     buf = io.BytesIO()
-    Image.fromarray(array, mode=mode).save(buf, format="PNG") if mode else Image.fromarray(array).save(buf, format="PNG")
+    Image.fromarray(array, mode=mode).save(buf, format="PNG") if mode else Image.fromarray(array).save(
+        buf, format="PNG"
+    )
     return buf.getvalue()
 
 

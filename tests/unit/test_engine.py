@@ -89,8 +89,9 @@ def test_non_finite_loss_changes_no_weight():
 
 def test_bf16_autocast_on_cpu_trains_and_fp16_needs_cuda():
     rng = np.random.default_rng(2)
-    engine = build_engine(_cfg(precision="bf16", channels_last=True), steps_per_epoch=2, class_weights=None,
-                          device=torch.device("cpu"))
+    engine = build_engine(
+        _cfg(precision="bf16", channels_last=True), steps_per_epoch=2, class_weights=None, device=torch.device("cpu")
+    )
     assert engine.precision == "bf16"
     stats = train_one_epoch(engine, [_batch(rng), _batch(rng)])
     assert stats.steps == 2 and stats.skipped_steps == 0 and math.isfinite(stats.loss)
@@ -160,9 +161,17 @@ def _ddp_worker(rank: int, world: int, out: str) -> None:
         val_rng = np.random.default_rng(99)
         pairs = [{k: v[0] for k, v in _batch(val_rng).items()}] if rank == 0 else []
         metrics, loss, count = validate(engine, pairs)
-        torch.save({"count": count, "loss": loss, "state": metrics.state(), "skipped": stats.skipped_steps,
-                    "samples": stats.samples, "weights": engine.bare_model.head[-1].weight.detach().clone()},
-                   f"{out}/{rank}.pt")
+        torch.save(
+            {
+                "count": count,
+                "loss": loss,
+                "state": metrics.state(),
+                "skipped": stats.skipped_steps,
+                "samples": stats.samples,
+                "weights": engine.bare_model.head[-1].weight.detach().clone(),
+            },
+            f"{out}/{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 

@@ -97,7 +97,9 @@ def test_precision_channels_last_and_flip_tta():
     pointwise = nn.Conv2d(6, 2, 1)
     local = type("Pointwise", (nn.Module,), {"forward": lambda self, a, b: pointwise(torch.cat([a, b], 1))})()
     local.add_module("conv", pointwise)
-    np.testing.assert_allclose(Predictor(local, tta=True).predict_proba(t0, t1), Predictor(local).predict_proba(t0, t1), atol=1e-6)
+    np.testing.assert_allclose(
+        Predictor(local, tta=True).predict_proba(t0, t1), Predictor(local).predict_proba(t0, t1), atol=1e-6
+    )
 
 
 def test_predictor_loads_bytes_and_folders_alike(tmp_path):
@@ -183,7 +185,9 @@ def test_exif_orientation_format_allow_list_and_header_pixel_cap():
 # --- pair ids --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", ["../../escaped", "/abs/path", "a//b", "a/./b", "a\\b", "x\x00y", "", "..", "a/../../b"])
+@pytest.mark.parametrize(
+    "bad", ["../../escaped", "/abs/path", "a//b", "a/./b", "a\\b", "x\x00y", "", "..", "a/../../b"]
+)
 def test_unsafe_pair_ids_are_refused(bad):
     with pytest.raises(UnsafePairId):
         check_pair_id(bad)

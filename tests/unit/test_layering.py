@@ -64,9 +64,12 @@ def _imported(path: Path, module: str) -> set[str]:
                 target = node.module or ""
             found.add(target)
             # ``from changeseg import tracking`` imports the module changeseg.tracking.
-            found.update(f"{target}.{alias.name}" for alias in node.names
-                         if (PACKAGE.parent / target.replace(".", "/") / f"{alias.name}.py").exists()
-                         or (PACKAGE.parent / target.replace(".", "/") / alias.name).is_dir())
+            found.update(
+                f"{target}.{alias.name}"
+                for alias in node.names
+                if (PACKAGE.parent / target.replace(".", "/") / f"{alias.name}.py").exists()
+                or (PACKAGE.parent / target.replace(".", "/") / alias.name).is_dir()
+            )
     return {name for name in found if name == "changeseg" or name.startswith("changeseg.")}
 
 
@@ -97,7 +100,7 @@ def test_no_import_cycles_between_units():
         state[unit] = 1
         for target in sorted(graph.get(unit, ())):
             if state.get(target) == 1:
-                cycle = trail[trail.index(target):] + [unit, target] if target in trail else [unit, target]
+                cycle = trail[trail.index(target) :] + [unit, target] if target in trail else [unit, target]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if target not in state:
                 visit(target, trail + [unit])
@@ -118,8 +121,16 @@ def test_imports_point_down_the_layers():
     assert not upward, "imports against the layer order:\n" + "\n".join(upward)
 
 
-@pytest.mark.parametrize("module", ["changeseg.config", "changeseg.models.presets", "changeseg.models.registry",
-                                    "changeseg.models.weights_spec", "changeseg.models.location"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "changeseg.config",
+        "changeseg.models.presets",
+        "changeseg.models.registry",
+        "changeseg.models.weights_spec",
+        "changeseg.models.location",
+    ],
+)
 def test_torch_free_modules(module):
     code = f"import {module}, sys; assert 'torch' not in sys.modules, 'torch loaded'"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -132,8 +143,13 @@ def _uncommented_local_imports(path: Path) -> list[str]:
     lines = path.read_text().splitlines()
     tree = ast.parse("\n".join(lines))
     local = sorted(
-        {node for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
-         for node in ast.walk(fn) if isinstance(node, (ast.Import, ast.ImportFrom))},
+        {
+            node
+            for fn in ast.walk(tree)
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for node in ast.walk(fn)
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+        },
         key=lambda node: node.lineno,
     )
     explained: dict[int, bool] = {}  # last line of an import -> it is explained

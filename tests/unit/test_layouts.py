@@ -67,7 +67,9 @@ def test_airchange_case_insensitive_names_and_binarised_gt():
     scan = scan_dataset(str(SHARED_DATA / "airchange"))
     assert scan.layout == "airchange" and len(scan.records) == 13 and not scan.problems
     ids = {r.pair_id: r for r in scan.records}
-    assert "Archieve" in ids and ids["Szada_5"].t1.endswith("Szada/5/im2.BMP") and ids["Szada_6"].mask.endswith("gt.BMP")
+    assert (
+        "Archieve" in ids and ids["Szada_5"].t1.endswith("Szada/5/im2.BMP") and ids["Szada_6"].mask.endswith("gt.BMP")
+    )
     sample = load_pair(ids["Tiszadob_4"].to_row(), num_classes=2)
     raw = np.asarray(Image.open(ids["Tiszadob_4"].mask).convert("L"))
     assert ((raw != 0) & (raw != 255)).any()  # stray grey pixels exist ...
@@ -128,7 +130,9 @@ def test_vl_cmu_cd_train_test_folders(tmp_path):
             _save(tmp_path / split / "mask" / f"{n}.png", np.eye(8, dtype=np.uint8) * 255)
     scan = scan_dataset(str(tmp_path), layout="vl_cmu_cd")
     assert sorted((r.split, r.pair_id) for r in scan.records) == [
-        ("test", "test_000_1_00"), ("train", "train_000_1_00"), ("train", "train_000_1_01")
+        ("test", "test_000_1_00"),
+        ("train", "train_000_1_00"),
+        ("train", "train_000_1_01"),
     ]
     assert np.array_equal(load_pair(scan.records[0].to_row())["mask"], np.eye(8, dtype=np.uint8))
     assert scan_dataset(str(tmp_path)).layout == "folder"  # auto: the same generic layout
@@ -150,7 +154,10 @@ def test_changesim_colour_map_binary_and_five_classes(tmp_path):
 
     multi = scan_dataset(str(tmp_path), num_classes=5)
     assert multi.layout == "changesim"
-    assert sorted((r.split, r.pair_id) for r in multi.records) == [("test", "Warehouse_6_Seq_0_0"), ("train", "Warehouse_0_Seq_0_0")]
+    assert sorted((r.split, r.pair_id) for r in multi.records) == [
+        ("test", "Warehouse_6_Seq_0_0"),
+        ("train", "Warehouse_0_Seq_0_0"),
+    ]
     assert multi.problems[0][0] == "Warehouse_1_Seq_1_5" and "no reference frame" in multi.problems[0][1]
     rec = multi.records[0]
     assert rec.mask_encoding == "colormap:changesim" and rec.t0.endswith("Seq_0/t0/rgb/0.png")

@@ -128,8 +128,14 @@ def test_report_has_curve_average_precision_and_optimistic_f1(tmp_path):
         mask[4:] = 255  # the lower half changed
         for name, image in (("t0", t0), ("t1", t1), ("mask", mask)):
             Image.fromarray(image).save(tmp_path / f"{name}{k}.png")
-        records.append(PairRecord(pair_id=f"p{k}", t0=str(tmp_path / f"t0{k}.png"), t1=str(tmp_path / f"t1{k}.png"),
-                                  mask=str(tmp_path / f"mask{k}.png")))
+        records.append(
+            PairRecord(
+                pair_id=f"p{k}",
+                t0=str(tmp_path / f"t0{k}.png"),
+                t1=str(tmp_path / f"t1{k}.png"),
+                mask=str(tmp_path / f"mask{k}.png"),
+            )
+        )
     predictor = Predictor(RedIsChange(), info={"metadata": {"operating_point": {"threshold": 0.4}}})
     result = evaluate_pairs(records, [model_method("red", predictor), cva_method()], progress=None)
     red = result.method("red")
@@ -176,6 +182,7 @@ def test_synthetic_pairs_mark_the_pasted_regions(tmp_path):
     assert pair["mask"].sum() == 200
     for k in range(2):
         Image.fromarray(np.full((40, 40, 3), 60 * k, np.uint8)).save(tmp_path / f"img{k}.png")
-    count = write_synthetic_pairs([tmp_path / "img0.png", tmp_path / "img1.png"], tmp_path / "pairs",
-                                  pairs_per_image=2, size=32)
+    count = write_synthetic_pairs(
+        [tmp_path / "img0.png", tmp_path / "img1.png"], tmp_path / "pairs", pairs_per_image=2, size=32
+    )
     assert count == 4 and len(list((tmp_path / "pairs" / "mask").glob("*.png"))) == 4

@@ -80,6 +80,7 @@ def test_band_counts_the_model_cannot_take_are_422(scene):
             def remote(*_):
                 async def fail():
                     raise wrong
+
                 return asyncio.ensure_future(fail())
 
     api = _api(RASTER)

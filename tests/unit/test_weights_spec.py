@@ -42,7 +42,10 @@ def test_a_torchvision_source_says_what_it_fixes():
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("timm:resnet18", r"unknown weights 'timm:resnet18': expected none, imagenet, torchvision:<segmentation model>"),
+        (
+            "timm:resnet18",
+            r"unknown weights 'timm:resnet18': expected none, imagenet, torchvision:<segmentation model>",
+        ),
         ("torchvision:unet", r"unknown segmentation model 'unet'.*known: torchvision:deeplabv3_mobilenet_v3_large"),
         ("torchvision:", r"unknown segmentation model ''"),
         ("", "non-empty string"),

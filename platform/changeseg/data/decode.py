@@ -94,8 +94,10 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
         grey = _sixteen_to_eight(np.asarray(img))
         return np.repeat(grey[..., None], 3, axis=2)
     if mode in ("I", "F") or mode.startswith(("I;", "F;")):
-        raise UnsupportedImage(f"{img.format} image in mode {mode} (32-bit integer or float samples) is not supported; "
-                               "convert it to 8 or 16 bits per channel")
+        raise UnsupportedImage(
+            f"{img.format} image in mode {mode} (32-bit integer or float samples) is not supported; "
+            "convert it to 8 or 16 bits per channel"
+        )
     if mode in ("RGB", "L", "1", "CMYK", "YCbCr"):
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
     if mode in ("RGBA", "LA", "La", "RGBa", "P", "PA"):
@@ -193,8 +195,7 @@ def decode_mask(
         bad = (arr >= num_classes) & (arr != ignore_index)
         if bad.any():
             raise ValueError(
-                f"mask has class ids outside 0..{num_classes - 1} (and ignore {ignore_index}): "
-                f"{_some_values(arr[bad])}"
+                f"mask has class ids outside 0..{num_classes - 1} (and ignore {ignore_index}): {_some_values(arr[bad])}"
             )
     return arr
 

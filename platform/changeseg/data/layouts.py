@@ -71,7 +71,7 @@ def list_tree(uri: str, storage_options: StorageSection | None = None) -> _Listi
     files, dirs = [], set()
     prefix = path.rstrip("/") + "/"
     for item in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
-        rel = item.path[len(prefix):] if item.path.startswith(prefix) else item.path
+        rel = item.path[len(prefix) :] if item.path.startswith(prefix) else item.path
         if item.type == pafs.FileType.File:
             files.append(rel)
             parent = posixpath.dirname(rel)
@@ -169,23 +169,37 @@ def _read_triplets(
 
 
 def read_folder(listing: _Listing, *, split: str, require_masks: bool = True, **_) -> ScanResult:
-    return _read_triplets(listing, layout="folder", names=("t0", "t1", "mask"), split=split, encoding=None, require_masks=require_masks)
+    return _read_triplets(
+        listing, layout="folder", names=("t0", "t1", "mask"), split=split, encoding=None, require_masks=require_masks
+    )
 
 
 def read_levir(listing: _Listing, *, split: str, require_masks: bool = True, layout: str = "levir", **_) -> ScanResult:
     return _read_triplets(
-        listing, layout=layout, names=("A", "B", "label"), split=split, encoding="binary",
-        prefix_split=True, require_masks=require_masks,
+        listing,
+        layout=layout,
+        names=("A", "B", "label"),
+        split=split,
+        encoding="binary",
+        prefix_split=True,
+        require_masks=require_masks,
     )
 
 
 def read_vl_cmu_cd(listing: _Listing, *, split: str, require_masks: bool = True, **_) -> ScanResult:
-    return _read_triplets(listing, layout="vl_cmu_cd", names=("t0", "t1", "mask"), split=split, encoding="binary", require_masks=require_masks)
+    return _read_triplets(
+        listing,
+        layout="vl_cmu_cd",
+        names=("t0", "t1", "mask"),
+        split=split,
+        encoding="binary",
+        require_masks=require_masks,
+    )
 
 
 def read_pcd(listing: _Listing, *, split: str, fold: int = 0, require_masks: bool = True, **_) -> ScanResult:
     """TSUNAMI and GSV (or one of them given directly): 5-fold cross-validation by index."""
-    bases = [s for s in PCD_SUBSETS if f"{s}/t0" in listing.dirs] or (["" ] if "t0" in listing.dirs else [])
+    bases = [s for s in PCD_SUBSETS if f"{s}/t0" in listing.dirs] or ([""] if "t0" in listing.dirs else [])
 
     def subset(base: str) -> str:
         return base or posixpath.basename(listing.root.rstrip("/"))
@@ -202,9 +216,16 @@ def read_pcd(listing: _Listing, *, split: str, fold: int = 0, require_masks: boo
         return {"subset": subset(base), **({"fold": str(f)} if f is not None else {})}
 
     return _read_triplets(
-        listing, layout="pcd", names=("t0", "t1", "mask"), split=split, encoding="binary-inverted",
-        require_masks=require_masks, bases=bases, pair_id=lambda b, s: f"{subset(b)}_{s}",
-        split_of=split_of, metadata_of=metadata_of,
+        listing,
+        layout="pcd",
+        names=("t0", "t1", "mask"),
+        split=split,
+        encoding="binary-inverted",
+        require_masks=require_masks,
+        bases=bases,
+        pair_id=lambda b, s: f"{subset(b)}_{s}",
+        split_of=split_of,
+        metadata_of=metadata_of,
     )
 
 
@@ -228,7 +249,9 @@ def read_airchange(listing: _Listing, *, split: str, require_masks: bool = True,
         need = ("t0", "t1", "mask") if require_masks else ("t0", "t1")
         lacking = [m for m in need if m not in members]
         if lacking:
-            result.problems.append((pid, "no " + ", ".join({"t0": "im1", "t1": "im2", "mask": "gt"}[m] for m in lacking)))
+            result.problems.append(
+                (pid, "no " + ", ".join({"t0": "im1", "t1": "im2", "mask": "gt"}[m] for m in lacking))
+            )
             continue
         site, _, n = folder.partition("/")
         result.records.append(
@@ -248,7 +271,9 @@ def read_airchange(listing: _Listing, *, split: str, require_masks: bool = True,
 _CHANGESIM_RGB = re.compile(r"(?:^|.*/)Query_Seq_(Train|Test)/([^/]+)/([^/]+)/rgb/([^/]+)\.png$")
 
 
-def read_changesim(listing: _Listing, *, split: str, num_classes: int = 2, require_masks: bool = True, **_) -> ScanResult:
+def read_changesim(
+    listing: _Listing, *, split: str, num_classes: int = 2, require_masks: bool = True, **_
+) -> ScanResult:
     """Query frames (t1) with their aligned reference frame (``t0/rgb``) and change mask."""
     encoding = "colormap:changesim:binary" if num_classes == 2 else "colormap:changesim"
     present = set(listing.files)
@@ -298,7 +323,9 @@ READERS = {
 def detect_layout(listing: _Listing) -> str:
     """Guess a folder's layout from its listing; an error names what was expected."""
     top = {rel.split("/", 1)[0] for rel in listing.files} | {d.split("/", 1)[0] for d in listing.dirs}
-    if any(posixpath.basename(f).startswith("part-") and f.endswith(".parquet") and "/" not in f for f in listing.files):
+    if any(
+        posixpath.basename(f).startswith("part-") and f.endswith(".parquet") and "/" not in f for f in listing.files
+    ):
         return "shards"
     if any(f"{s}/t0" in listing.dirs for s in PCD_SUBSETS):
         return "pcd"
@@ -343,5 +370,7 @@ def scan_dataset(
     if chosen == "shards":
         return ScanResult("shards", read_shard_records(uri, storage_options))
     if chosen == "manifest":
-        return ScanResult("manifest", read_manifest(storage.join(uri, "manifest.parquet"), storage_options=storage_options))
+        return ScanResult(
+            "manifest", read_manifest(storage.join(uri, "manifest.parquet"), storage_options=storage_options)
+        )
     return READERS[chosen](listing, split=split, fold=fold, num_classes=num_classes, require_masks=require_masks)

@@ -36,8 +36,16 @@ def load_pair(
     options ``raster``; ``crop`` = (size, rng) reads one random window instead of the whole).
     """
     if is_raster_row(row):
-        out = load_raster_pair(row, raster=raster, mask_values=mask_values, storage_options=storage_options,
-                               num_classes=num_classes, ignore_index=ignore_index, max_pixels=max_pixels, crop=crop)
+        out = load_raster_pair(
+            row,
+            raster=raster,
+            mask_values=mask_values,
+            storage_options=storage_options,
+            num_classes=num_classes,
+            ignore_index=ignore_index,
+            max_pixels=max_pixels,
+            crop=crop,
+        )
         if resize is not None and tuple(out["t0"].shape[:2]) != tuple(resize):
             out = resize_pair(out, (int(resize[1]), int(resize[0])))
         return out

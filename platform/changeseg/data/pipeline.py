@@ -123,7 +123,9 @@ def plan_datasets(cfg: Config) -> DatasetPlan:
         if storage.is_remote(root):
             raise ValueError(f"synthetic pairs are written locally; data.synthetic.output_dir is remote: {root}")
         train_dir = ensure_synthetic(str(Path(root) / "train"), count=syn.train_pairs, seed=syn.seed, size=syn.size)
-        val_dir = ensure_synthetic(str(Path(root) / "val"), count=syn.val_pairs, seed=syn.seed + 1_000_003, size=syn.size)
+        val_dir = ensure_synthetic(
+            str(Path(root) / "val"), count=syn.val_pairs, seed=syn.seed + 1_000_003, size=syn.size
+        )
         train = scan_folder(train_dir, split="train")
         val = scan_folder(val_dir, split="val")
         source = f"synthetic pairs in {root}"
@@ -296,8 +298,12 @@ class _Inspect:
             try:
                 changed, unchanged = count_mask_pixels(row, **self.load)
             except Exception as err:
-                return {"pair_id": row["pair_id"], "error": f"{type(err).__name__}: pair {row['pair_id']}: {err}",
-                        "changed": 0, "unchanged": 0}
+                return {
+                    "pair_id": row["pair_id"],
+                    "error": f"{type(err).__name__}: pair {row['pair_id']}: {err}",
+                    "changed": 0,
+                    "unchanged": 0,
+                }
             return {"pair_id": row["pair_id"], "error": "", "changed": changed, "unchanged": unchanged}
         try:
             sample = load_pair(row, **self.load)
@@ -338,7 +344,9 @@ def screen_plan(plan: DatasetPlan, cfg: Config) -> DatasetPlan:
     train = [r for r in plan.train if r.pair_id not in bad]
     val = [r for r in plan.val if r.pair_id not in bad]
     if not train or not val:
-        raise ValueError(f"no {'training' if not train else 'validation'} pairs left in {plan.source} after leaving out bad ones")
+        raise ValueError(
+            f"no {'training' if not train else 'validation'} pairs left in {plan.source} after leaving out bad ones"
+        )
     changed = sum(found.pixels[r.pair_id][0] for r in train)
     unchanged = sum(found.pixels[r.pair_id][1] for r in train)
     return replace(plan, train=train, val=val, skipped=plan.skipped + found.bad, train_pixels=(changed, unchanged))

@@ -65,8 +65,15 @@ def prepare_dataset(
     written: list[str] = []
     if shards:
         check = {"mask_values": mask_values, "num_classes": num_classes} if validate else None
-        packed = write_shards(records, shards, source=source, pairs_per_shard=pairs_per_shard, validate=check,
-                              strict=strict, storage_options=storage_options)
+        packed = write_shards(
+            records,
+            shards,
+            source=source,
+            pairs_per_shard=pairs_per_shard,
+            validate=check,
+            strict=strict,
+            storage_options=storage_options,
+        )
         skipped += packed.bad
         bad = {pid for pid, _ in packed.bad}
         records = [r for r in records if r.pair_id not in bad]
@@ -101,7 +108,9 @@ def write_shards(
     if storage.is_dir(shards, storage_options) and storage.list_files(shards, storage_options):
         # Old shards beside new ones would be read as one dataset.
         raise FileExistsError(f"shards folder is not empty: {shards}")
-    packed = pack_shards(records, shards, storage_options=storage_options, pairs_per_shard=pairs_per_shard, validate=validate)
+    packed = pack_shards(
+        records, shards, storage_options=storage_options, pairs_per_shard=pairs_per_shard, validate=validate
+    )
     if strict and packed.bad:
         raise ValueError(
             f"{len(packed.bad)} bad pair(s) in {source} (shards already written to {shards}): "

@@ -32,8 +32,18 @@ import numpy as np
 from changeseg import storage
 from changeseg.data.decode import CHANGESIM_COLOURS, ImageTooLarge, _binary, _colormap, _some_values, member_bytes
 
-__all__ = ["RASTER_SUFFIXES", "RasterOptions", "ScenePair", "is_raster_bytes", "is_raster_row", "is_raster_uri",
-           "load_raster_pair", "open_scene_pair", "raster_options", "read_image_bytes"]
+__all__ = [
+    "RASTER_SUFFIXES",
+    "RasterOptions",
+    "ScenePair",
+    "is_raster_bytes",
+    "is_raster_row",
+    "is_raster_uri",
+    "load_raster_pair",
+    "open_scene_pair",
+    "raster_options",
+    "read_image_bytes",
+]
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
 # TIFF and BigTIFF (both byte orders), JPEG 2000 (JP2 box, raw codestream).
@@ -58,9 +68,11 @@ class RasterOptions:
 def raster_options(data: Any) -> dict:
     """The raster options of a ``data`` config section, as a plain dict (travels to Ray workers)."""
     return RasterOptions(
-        bands=tuple(data.bands) if data.bands else None, scaling=data.scaling,
+        bands=tuple(data.bands) if data.bands else None,
+        scaling=data.scaling,
         value_range=tuple(data.value_range) if data.value_range else None,
-        percentiles=tuple(data.percentiles), align=data.align,
+        percentiles=tuple(data.percentiles),
+        align=data.align,
     ).to_dict()
 
 
@@ -78,8 +90,9 @@ def is_raster_bytes(data: bytes) -> bool:
     return bytes(data[:12]).startswith(RASTER_MAGIC)
 
 
-def read_image_bytes(data: bytes, *, opts: dict | RasterOptions | None = None, name: str = "image",
-                     max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_image_bytes(
+    data: bytes, *, opts: dict | RasterOptions | None = None, name: str = "image", max_pixels: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(H, W, C) uint8 and (H, W) validity of an in-memory raster by the rules files are read
     with (bands, scaling; nodata -> 0); its size is checked against ``max_pixels`` before any
     pixel is read."""
@@ -91,7 +104,9 @@ def read_image_bytes(data: bytes, *, opts: dict | RasterOptions | None = None, n
         return _read_bytes(data, opts=opts, name=name, max_pixels=max_pixels)
 
 
-def _read_bytes(data: bytes, *, opts: RasterOptions, name: str, max_pixels: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _read_bytes(
+    data: bytes, *, opts: RasterOptions, name: str, max_pixels: int | None
+) -> tuple[np.ndarray, np.ndarray]:
     import rasterio  # lazy: GDAL, see the module note
     from rasterio.io import MemoryFile  # lazy: GDAL, see the module note
 
@@ -99,7 +114,6 @@ def _read_bytes(data: bytes, *, opts: RasterOptions, name: str, max_pixels: int 
         # Request bytes: only the drivers of the formats recognised by their magic may parse them.
         with MemoryFile(bytes(data)) as mem, mem.open(driver=list(BYTES_DRIVERS)) as ds:
             if max_pixels is not None and ds.width * ds.height > max_pixels:
-
                 raise ImageTooLarge(f"{name} is {ds.width}x{ds.height}, over the limit of {max_pixels} pixels")
             bands = pick_bands(ds, opts.bands, name)
             return read_scaled(ds, bands, band_ranges(ds, bands, opts))
@@ -161,14 +175,18 @@ def band_ranges(ds: Any, bands: list[int], opts: RasterOptions) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_percentiles(name: str, mtime: float, bands: tuple[int, ...], percentiles: tuple[float, float]) -> np.ndarray:
+def _cached_percentiles(
+    name: str, mtime: float, bands: tuple[int, ...], percentiles: tuple[float, float]
+) -> np.ndarray:
     import rasterio  # lazy: GDAL, see the module note
 
     with rasterio.open(name) as ds:
         return _percentile_ranges(ds, bands, percentiles, cache=False)
 
 
-def _percentile_ranges(ds: Any, bands: tuple[int, ...], percentiles: tuple[float, float], *, cache: bool = True) -> np.ndarray:
+def _percentile_ranges(
+    ds: Any, bands: tuple[int, ...], percentiles: tuple[float, float], *, cache: bool = True
+) -> np.ndarray:
     """Percentiles per band from a read of at most 1024 px a side (once per local file and
     modification time: training reads many windows of one scene)."""
 
@@ -280,16 +298,20 @@ def _check_overlap(ds0: Any, ds1: Any) -> None:
     left, bottom, right, top = transform_bounds(ds1.crs, ds0.crs, *ds1.bounds)
     b0 = ds0.bounds
     if left >= b0.right or right <= b0.left or bottom >= b0.top or top <= b0.bottom:
-        raise ValueError(f"t1's footprint does not overlap t0's (t0 {tuple(round(v, 2) for v in b0)}, "
-                         f"t1 {tuple(round(v, 2) for v in (left, bottom, right, top))} in {ds0.crs})")
+        raise ValueError(
+            f"t1's footprint does not overlap t0's (t0 {tuple(round(v, 2) for v in b0)}, "
+            f"t1 {tuple(round(v, 2) for v in (left, bottom, right, top))} in {ds0.crs})"
+        )
 
 
 def on_grid(ds0: Any, ds: Any, *, name: str, align: str, resampling: str, stack: contextlib.ExitStack) -> Any:
     """``ds`` as read on t0's grid: itself when the grids agree, else a WarpedVRT (or an error)."""
     if not (_georeferenced(ds0) and _georeferenced(ds)):
         if (ds0.height, ds0.width) != (ds.height, ds.width):
-            raise ValueError(f"t0 is {ds0.width}x{ds0.height} but {name} is {ds.width}x{ds.height} "
-                             "(and they are not both georeferenced, so they cannot be aligned)")
+            raise ValueError(
+                f"t0 is {ds0.width}x{ds0.height} but {name} is {ds.width}x{ds.height} "
+                "(and they are not both georeferenced, so they cannot be aligned)"
+            )
         return ds
     diff = grid_difference(ds0, ds)
     if diff is None:
@@ -300,8 +322,17 @@ def on_grid(ds0: Any, ds: Any, *, name: str, align: str, resampling: str, stack:
     from rasterio.vrt import WarpedVRT  # lazy: GDAL, see the module note
 
     extra = {} if ds.nodata is not None else {"add_alpha": True}
-    return stack.enter_context(WarpedVRT(ds, crs=ds0.crs, transform=ds0.transform, width=ds0.width, height=ds0.height,
-                                         resampling=_resampling(resampling), **extra))
+    return stack.enter_context(
+        WarpedVRT(
+            ds,
+            crs=ds0.crs,
+            transform=ds0.transform,
+            width=ds0.width,
+            height=ds0.height,
+            resampling=_resampling(resampling),
+            **extra,
+        )
+    )
 
 
 @dataclass
@@ -364,8 +395,9 @@ def open_scene_pair(row: dict, opts: dict | RasterOptions | None = None, storage
 # --- masks ---------------------------------------------------------------------------
 
 
-def mask_classes(ds: Any, window=None, *, mask_values: str = "binary", num_classes: int | None = None,
-                 ignore_index: int = 255) -> np.ndarray:
+def mask_classes(
+    ds: Any, window=None, *, mask_values: str = "binary", num_classes: int | None = None, ignore_index: int = 255
+) -> np.ndarray:
     """A mask raster window -> class indices (h, w) uint8 per ``mask_values``; its nodata -> ignore."""
 
     if mask_values.startswith("colormap:"):
@@ -416,13 +448,16 @@ def load_raster_pair(
     try:
         with open_scene_pair(row, raster, storage_options) as pair:
             if max_pixels is not None and crop is None and pair.height * pair.width > max_pixels:
-
                 raise ImageTooLarge(f"image is {pair.width}x{pair.height}, over the limit of {max_pixels} pixels")
             window = None if crop is None else random_window(pair.height, pair.width, crop[0], crop[1])
             t0, t1, valid = pair.read(window)
             out = {"pair_id": pid, "t0": t0, "t1": t1}
-            mask = pair.read_mask(window, mask_values=row.get("mask_encoding") or mask_values,
-                                  num_classes=num_classes, ignore_index=ignore_index)
+            mask = pair.read_mask(
+                window,
+                mask_values=row.get("mask_encoding") or mask_values,
+                num_classes=num_classes,
+                ignore_index=ignore_index,
+            )
             if mask is not None:
                 mask[~valid] = ignore_index
                 out["mask"] = mask
@@ -431,8 +466,17 @@ def load_raster_pair(
         raise type(err)(f"pair {pid}: {err}") from None
 
 
-def count_mask_pixels(row: dict, *, raster: dict | None = None, storage_options=None, mask_values: str = "binary",
-                      num_classes: int | None = None, ignore_index: int = 255, rows: int = 1024, **_: Any) -> tuple[int, int]:
+def count_mask_pixels(
+    row: dict,
+    *,
+    raster: dict | None = None,
+    storage_options=None,
+    mask_values: str = "binary",
+    num_classes: int | None = None,
+    ignore_index: int = 255,
+    rows: int = 1024,
+    **_: Any,
+) -> tuple[int, int]:
     """(changed, unchanged) labelled pixels of a raster pair, read in strips of ``rows`` (the
     screening pass: checks bands, grids and mask values without holding the scene)."""
     from rasterio.windows import Window  # lazy: GDAL, see the module note
@@ -442,8 +486,12 @@ def count_mask_pixels(row: dict, *, raster: dict | None = None, storage_options=
         for y in range(0, pair.height, rows):
             window = Window(0, y, pair.width, min(rows, pair.height - y))
             _, _, valid = pair.read(window)
-            mask = pair.read_mask(window, mask_values=row.get("mask_encoding") or mask_values,
-                                  num_classes=num_classes, ignore_index=ignore_index)
+            mask = pair.read_mask(
+                window,
+                mask_values=row.get("mask_encoding") or mask_values,
+                num_classes=num_classes,
+                ignore_index=ignore_index,
+            )
             if mask is None:
                 continue
             labelled = valid & (mask != ignore_index)

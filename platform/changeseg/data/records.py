@@ -85,7 +85,9 @@ def scan_folder(
     return [PairRecord(i, t0[i], t1[i], masks.get(i), split) for i in ids]
 
 
-def split_records(records: list[PairRecord], *, val_fraction: float, seed: int) -> tuple[list[PairRecord], list[PairRecord]]:
+def split_records(
+    records: list[PairRecord], *, val_fraction: float, seed: int
+) -> tuple[list[PairRecord], list[PairRecord]]:
     """Deterministic train/validation split; both sides get at least one pair."""
     if len(records) < 2:
         raise ValueError(f"need at least 2 pairs to hold some out for validation, got {len(records)}")

@@ -29,7 +29,8 @@ def list_shards(uri: str, storage_options: StorageSection | None = None) -> list
     if uri.endswith(".parquet"):
         return [uri]
     return [
-        u for u in storage.list_files(uri, storage_options)
+        u
+        for u in storage.list_files(uri, storage_options)
         if posixpath.basename(u).startswith(SHARD_GLOB_PREFIX) and u.endswith(".parquet")
     ]
 

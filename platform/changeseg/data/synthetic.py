@@ -162,9 +162,7 @@ def _footprint(s: _Shape, canvas: tuple[int, int]) -> tuple[slice, slice, np.nda
     else:  # triangle with jittered vertices on the unit circle of (v, u)
         angles = np.array([0.0, 2 * math.pi / 3, 4 * math.pi / 3]) + s.vertex_jitter
         pv, pu = np.sin(angles), np.cos(angles)
-        sides = [
-            (pu[(i + 1) % 3] - pu[i]) * (v - pv[i]) - (pv[(i + 1) % 3] - pv[i]) * (u - pu[i]) for i in range(3)
-        ]
+        sides = [(pu[(i + 1) % 3] - pu[i]) * (v - pv[i]) - (pv[(i + 1) % 3] - pv[i]) * (u - pu[i]) for i in range(3)]
         inside = ((sides[0] >= 0) & (sides[1] >= 0) & (sides[2] >= 0)) | (
             (sides[0] <= 0) & (sides[1] <= 0) & (sides[2] <= 0)
         )
@@ -183,7 +181,9 @@ def _paint(s: _Shape, canvases: list[np.ndarray], mask: np.ndarray | None, rng: 
         mask[ys, xs] |= inside
 
 
-def _shadows(rng: np.random.Generator, shape: tuple[int, int], *, count: tuple[int, int], depth: tuple[float, float]) -> np.ndarray:
+def _shadows(
+    rng: np.random.Generator, shape: tuple[int, int], *, count: tuple[int, int], depth: tuple[float, float]
+) -> np.ndarray:
     """(H, W, 3) multiplicative light map: soft elliptical shadows, slightly blue like skylight."""
     h, w = shape
     light = np.ones((h, w, 3))
@@ -204,7 +204,12 @@ def _shadows(rng: np.random.Generator, shape: tuple[int, int], *, count: tuple[i
 
 
 def _place(
-    rng: np.random.Generator, *, radius: float, frame: tuple[int, int], margin: int, placed: list[tuple[float, float, float]]
+    rng: np.random.Generator,
+    *,
+    radius: float,
+    frame: tuple[int, int],
+    margin: int,
+    placed: list[tuple[float, float, float]],
 ) -> tuple[float, float] | None:
     """A centre keeping the shape inside t0's frame and clear of ``placed`` circles."""
     h, w = frame
@@ -280,8 +285,14 @@ def _paint_objects(
 
 
 def _lighting(
-    rng: np.random.Generator, *, frame: tuple[int, int], gain_deviation: tuple[float, float], offset: float,
-    shading: float, shadows: tuple[int, int], shadow_depth: tuple[float, float],
+    rng: np.random.Generator,
+    *,
+    frame: tuple[int, int],
+    gain_deviation: tuple[float, float],
+    offset: float,
+    shading: float,
+    shadows: tuple[int, int],
+    shadow_depth: tuple[float, float],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """t1's illumination change: per-channel gain and offset, a shading ramp and shadows."""
     h, w = frame
@@ -332,18 +343,27 @@ def make_pair(
     change_mask = np.zeros(canvas_shape, dtype=bool)
 
     half = (object_size[0] * min(h, w), object_size[1] * min(h, w))
-    events = _draw_events(rng, num_objects=num_objects, change_probability=change_probability,
-                          no_change_fraction=no_change_fraction)
-    kept_events, kept_shapes = _paint_objects(rng, events, half=half, base=base, frame=(h, w), margin=m,
-                                              scenes=(scene0, scene1), change_mask=change_mask)
+    events = _draw_events(
+        rng, num_objects=num_objects, change_probability=change_probability, no_change_fraction=no_change_fraction
+    )
+    kept_events, kept_shapes = _paint_objects(
+        rng, events, half=half, base=base, frame=(h, w), margin=m, scenes=(scene0, scene1), change_mask=change_mask
+    )
 
     dy, dx = (int(v) for v in rng.integers(-m, m + 1, size=2))
     t0 = scene0[m : m + h, m : m + w]
     t1 = scene1[m + dy : m + dy + h, m + dx : m + dx + w]
     mask = change_mask[m : m + h, m : m + w].astype(np.uint8)
 
-    gain, bias, light = _lighting(rng, frame=(h, w), gain_deviation=gain_deviation, offset=offset, shading=shading,
-                                  shadows=shadows, shadow_depth=shadow_depth)
+    gain, bias, light = _lighting(
+        rng,
+        frame=(h, w),
+        gain_deviation=gain_deviation,
+        offset=offset,
+        shading=shading,
+        shadows=shadows,
+        shadow_depth=shadow_depth,
+    )
     t1 = t1 * gain * light + bias
 
     noise0, noise1 = rng.uniform(*noise_std, size=2)

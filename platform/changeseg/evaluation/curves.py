@@ -35,7 +35,9 @@ def curve_summary(curve: ThresholdCurve, *, threshold: float | None) -> dict[str
         "f1_at_0.5": curve.f1_at(DEFAULT_THRESHOLD),
         "optimistic_best_threshold": best_t,
         "optimistic_best_f1": best_f1,
-        "pr_curve": {key: [round(float(full[key][k]), 5) for k in keep] for key in ("threshold", "precision", "recall")},
+        "pr_curve": {
+            key: [round(float(full[key][k]), 5) for k in keep] for key in ("threshold", "precision", "recall")
+        },
     }
 
 
@@ -45,22 +47,30 @@ def pr_svg(curves: dict[str, dict[str, Any]], *, size: int = 360) -> str:
     pad, inner = 40, size - 50
     x = lambda r: pad + r * inner  # noqa: E731
     y = lambda p: 10 + (1 - p) * inner  # noqa: E731
-    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{size + 160}' height='{size}' font-size='11'>",
-             f"<rect x='{pad}' y='10' width='{inner}' height='{inner}' fill='none' stroke='#999'/>"]
+    parts = [
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{size + 160}' height='{size}' font-size='11'>",
+        f"<rect x='{pad}' y='10' width='{inner}' height='{inner}' fill='none' stroke='#999'/>",
+    ]
     for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
         parts.append(f"<text x='{x(tick) - 8:.0f}' y='{size - 22}'>{tick:g}</text>")
         parts.append(f"<text x='{pad - 30}' y='{y(tick) + 4:.0f}'>{tick:g}</text>")
     parts.append(f"<text x='{pad + inner / 2 - 15:.0f}' y='{size - 6}'>recall</text>")
-    parts.append(f"<text x='2' y='{10 + inner / 2:.0f}' transform='rotate(-90 8 {10 + inner / 2:.0f})'>precision</text>")
+    parts.append(
+        f"<text x='2' y='{10 + inner / 2:.0f}' transform='rotate(-90 8 {10 + inner / 2:.0f})'>precision</text>"
+    )
     for k, (name, summary) in enumerate(curves.items()):
         colour = _COLOURS[k % len(_COLOURS)]
         pr = summary["pr_curve"]
         points = " ".join(f"{x(r):.1f},{y(p):.1f}" for r, p in zip(pr["recall"], pr["precision"]))
         parts.append(f"<polyline fill='none' stroke='{colour}' stroke-width='1.5' points='{points}'/>")
         index = int(np.argmin(np.abs(np.asarray(pr["threshold"]) - summary["threshold"])))
-        parts.append(f"<circle cx='{x(pr['recall'][index]):.1f}' cy='{y(pr['precision'][index]):.1f}' r='4' fill='{colour}'/>")
-        parts.append(f"<text x='{pad + inner + 10}' y='{24 + 16 * k}' fill='{colour}'>{html.escape(name)} "
-                     f"(AP {summary['average_precision']:.3f})</text>")
+        parts.append(
+            f"<circle cx='{x(pr['recall'][index]):.1f}' cy='{y(pr['precision'][index]):.1f}' r='4' fill='{colour}'/>"
+        )
+        parts.append(
+            f"<text x='{pad + inner + 10}' y='{24 + 16 * k}' fill='{colour}'>{html.escape(name)} "
+            f"(AP {summary['average_precision']:.3f})</text>"
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -83,6 +93,8 @@ def pr_curves_html(methods: list[dict[str, Any]]) -> str:
         "(the model's stored operating point unless overridden). <b>Optimistic</b>: the best threshold chosen on "
         "these evaluated pairs themselves, so an upper bound, not a result.</p>"
         "<table><tr><th class='l'>method</th><th>average precision</th><th>threshold used</th><th>F1 there</th>"
-        "<th>F1 at 0.5</th><th>optimistic best threshold</th><th>optimistic F1</th></tr>" + rows + "</table>"
+        "<th>F1 at 0.5</th><th>optimistic best threshold</th><th>optimistic F1</th></tr>"
+        + rows
+        + "</table>"
         + pr_svg(curves)
     )

@@ -50,7 +50,9 @@ def model_method(
     if isinstance(model, Predictor):
         predictor = model
     else:
-        predictor = Predictor(model, device=next(model.parameters()).device, tile_size=tile_size, tile_overlap=tile_overlap)
+        predictor = Predictor(
+            model, device=next(model.parameters()).device, tile_size=tile_size, tile_overlap=tile_overlap
+        )
 
     def predict(t0: np.ndarray, t1: np.ndarray) -> np.ndarray:
         return predictor.predict(t0, t1)[0]
@@ -61,8 +63,15 @@ def model_method(
         def change_proba(t0: np.ndarray, t1: np.ndarray) -> np.ndarray:
             return predictor.predict_proba(t0, t1)[0, 1]
 
-    return Method(name=name, predict=predict, model=predictor.model, description=description, predictor=predictor,
-                  change_proba=change_proba, threshold=predictor.threshold)
+    return Method(
+        name=name,
+        predict=predict,
+        model=predictor.model,
+        description=description,
+        predictor=predictor,
+        change_proba=change_proba,
+        threshold=predictor.threshold,
+    )
 
 
 def cva_method() -> Method:
@@ -84,10 +93,19 @@ def load_methods(cfg: Any, model_uri: str, baseline_uris: Sequence[str]) -> tupl
 
     def load(uri: str) -> Predictor:
         score = cfg.score
-        return Predictor.from_uri(uri, tracking_uri=tracking_uri, storage_options=cfg.storage, device=_score_device(score),
-                                  precision=score.precision, channels_last=score.channels_last, tile_size=score.tile_size,
-                                  tile_overlap=score.tile_overlap, batch_size=score.batch_size, tta=score.tta,
-                                  threshold=score.threshold)
+        return Predictor.from_uri(
+            uri,
+            tracking_uri=tracking_uri,
+            storage_options=cfg.storage,
+            device=_score_device(score),
+            precision=score.precision,
+            channels_last=score.channels_last,
+            tile_size=score.tile_size,
+            tile_overlap=score.tile_overlap,
+            batch_size=score.batch_size,
+            tta=score.tta,
+            threshold=score.threshold,
+        )
 
     main = load(model_uri)
     num_classes = main.num_classes

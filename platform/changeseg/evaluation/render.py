@@ -92,7 +92,9 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return html.escape(str(value))
 
 
-def write_report(result: EvaluationResult, output_dir: str | Path, *, title: str = "Change detection evaluation") -> tuple[Path, Path]:
+def write_report(
+    result: EvaluationResult, output_dir: str | Path, *, title: str = "Change detection evaluation"
+) -> tuple[Path, Path]:
     """Write ``report.json`` and ``report.html`` (images from
     :func:`~changeseg.evaluation.report.evaluate_pairs`) to ``output_dir``."""
     out = Path(output_dir)
@@ -100,7 +102,9 @@ def write_report(result: EvaluationResult, output_dir: str | Path, *, title: str
     json_path = out / "report.json"
     json_path.write_text(json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
 
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{_CSS}</style></head><body>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{_CSS}</style></head><body>"
+    ]
     parts.append(f"<h1>{_e(title)}</h1>")
     parts += _facts(result.info)
     parts += _scores_table(result.methods)
@@ -109,7 +113,9 @@ def write_report(result: EvaluationResult, output_dir: str | Path, *, title: str
     parts += _pairs_table(result)
     parts += _pair_panels(result)
     if result.skipped:
-        parts.append("<h2>Skipped pairs</h2><ul>" + "".join(f"<li>{_e(p)}: {_e(r)}</li>" for p, r in result.skipped) + "</ul>")
+        parts.append(
+            "<h2>Skipped pairs</h2><ul>" + "".join(f"<li>{_e(p)}: {_e(r)}</li>" for p, r in result.skipped) + "</ul>"
+        )
     parts.append("</body></html>")
     html_path = out / "report.html"
     html_path.write_text("\n".join(parts))
@@ -131,9 +137,15 @@ def _scores_table(methods: list[dict[str, Any]]) -> list[str]:
         "then averaged (a pair without change scores 0 F1 whatever is predicted).</p>"
     )
     cols = [
-        ("global_precision", "precision"), ("global_recall", "recall"), ("global_f1", "F1"), ("global_iou", "IoU"),
-        ("per_image_precision_mean", "precision"), ("per_image_recall_mean", "recall"),
-        ("per_image_f1_mean", "F1"), ("per_image_iou_mean", "IoU"), ("seconds_per_pair", "s / pair"),
+        ("global_precision", "precision"),
+        ("global_recall", "recall"),
+        ("global_f1", "F1"),
+        ("global_iou", "IoU"),
+        ("per_image_precision_mean", "precision"),
+        ("per_image_recall_mean", "recall"),
+        ("per_image_f1_mean", "F1"),
+        ("per_image_iou_mean", "IoU"),
+        ("seconds_per_pair", "s / pair"),
     ]
     best = max(methods, key=lambda m: m["global_f1"])["name"] if methods else None
     parts.append(
@@ -143,7 +155,9 @@ def _scores_table(methods: list[dict[str, Any]]) -> list[str]:
     for m in methods:
         cls = " class='best'" if m["name"] == best else ""
         label = f"{_e(m['name'])}<br><small>{_e(m.get('description', ''))}</small>"
-        parts.append(f"<tr{cls}><td class='l'>{label}</td>" + "".join(f"<td>{_fmt(m[k])}</td>" for k, _ in cols) + "</tr>")
+        parts.append(
+            f"<tr{cls}><td class='l'>{label}</td>" + "".join(f"<td>{_fmt(m[k])}</td>" for k, _ in cols) + "</tr>"
+        )
     parts.append("</table>")
     return parts
 
@@ -157,7 +171,9 @@ def _temporal_order(result: EvaluationResult) -> list[str]:
         + (" with classes mapped through " + _e(str(info["swap_class_map"])) if info.get("swap_class_map") else "")
         + ". Change IoU: overlap of the two change masks.</p>"
     )
-    parts.append("<table><tr><th class='l'>method</th><th>agreement</th><th>change IoU</th><th>F1 (t0, t1)</th><th>F1 (t1, t0)</th></tr>")
+    parts.append(
+        "<table><tr><th class='l'>method</th><th>agreement</th><th>change IoU</th><th>F1 (t0, t1)</th><th>F1 (t1, t0)</th></tr>"
+    )
     for m in result.methods:
         parts.append(
             f"<tr><td class='l'>{_e(m['name'])}</td><td>{_fmt(m['swap_agreement_mean'], 4)}</td>"
@@ -187,7 +203,11 @@ def _pairs_table(result: EvaluationResult) -> list[str]:
         + "</tr>"
     )
     for row in result.pairs:
-        link = f"<a href='#{_e(_safe_name(row['pair_id']))}'>{_e(row['pair_id'])}</a>" if row.get("images") else _e(row["pair_id"])
+        link = (
+            f"<a href='#{_e(_safe_name(row['pair_id']))}'>{_e(row['pair_id'])}</a>"
+            if row.get("images")
+            else _e(row["pair_id"])
+        )
         parts.append(
             f"<tr><td class='l'>{link}</td><td>{row['width']}x{row['height']}</td><td>{100 * row['change_fraction']:.1f}</td>"
             + "".join(f"<td>{_fmt(row['methods'][n]['f1'])}</td>" for n in names)
@@ -207,7 +227,9 @@ def _pair_panels(result: EvaluationResult) -> list[str]:
             continue
         scores = ", ".join(f"{_e(n)} F1 {_fmt(row['methods'][n]['f1'])}" for n in names)
         parts.append(f"<h3 id='{_e(_safe_name(row['pair_id']))}'>{_e(row['pair_id'])}</h3><p>{scores}</p>")
-        parts.append(f"<p>t0 | t1 | {_e(names[0])} | truth | errors</p><img src='{_e(images['overlay'])}' alt='overlay'>")
+        parts.append(
+            f"<p>t0 | t1 | {_e(names[0])} | truth | errors</p><img src='{_e(images['overlay'])}' alt='overlay'>"
+        )
         parts.append(f"<p>errors per method</p><img src='{_e(images['errors'])}' alt='errors'>")
         if "branches" in images:
             parts.append(

@@ -41,8 +41,18 @@ from changeseg.evaluation.scoring import (
 from changeseg.inference.input_records import load_input_records
 from changeseg.progress import Progress
 
-__all__ = ["Method", "EvaluationResult", "model_method", "cva_method", "pair_counts", "swap_consistency",
-           "branch_symmetry", "evaluate_pairs", "write_report", "evaluate"]
+__all__ = [
+    "Method",
+    "EvaluationResult",
+    "model_method",
+    "cva_method",
+    "pair_counts",
+    "swap_consistency",
+    "branch_symmetry",
+    "evaluate_pairs",
+    "write_report",
+    "evaluate",
+]
 
 
 def evaluate_pairs(
@@ -80,7 +90,9 @@ def evaluate_pairs(
     options = dict(load_options or {})
     options.setdefault("num_classes", num_classes)
     options.setdefault("ignore_index", ignore_index)
-    scores = [MethodScore(m, num_classes=num_classes, ignore_index=ignore_index, change_class=change_class) for m in methods]
+    scores = [
+        MethodScore(m, num_classes=num_classes, ignore_index=ignore_index, change_class=change_class) for m in methods
+    ]
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
     clock = Progress(progress_seconds)
@@ -96,8 +108,9 @@ def evaluate_pairs(
             skipped.append((pid, "no mask"))
             continue
         try:
-            row, predictions = _score_pair(pid, sample, scores, change_class=change_class, ignore_index=ignore_index,
-                                           swap_class_map=swap_class_map)
+            row, predictions = _score_pair(
+                pid, sample, scores, change_class=change_class, ignore_index=ignore_index, swap_class_map=swap_class_map
+            )
         except PairFailed as err:
             skipped.append((pid, str(err)))
             continue
@@ -106,20 +119,36 @@ def evaluate_pairs(
         rows.append(row)
         if progress is not None and clock.due(final=index == len(records) - 1):
             done = index + 1
-            progress(f"evaluated {done}/{len(records)} pairs, {clock.elapsed:.0f} s, about {clock.eta(done, len(records)):.0f} s left")
-    return _result(scores, rows, skipped, num_classes=num_classes, change_class=change_class,
-                   swap_class_map=swap_class_map, started=clock.started)
+            progress(
+                f"evaluated {done}/{len(records)} pairs, {clock.elapsed:.0f} s, about {clock.eta(done, len(records)):.0f} s left"
+            )
+    return _result(
+        scores,
+        rows,
+        skipped,
+        num_classes=num_classes,
+        change_class=change_class,
+        swap_class_map=swap_class_map,
+        started=clock.started,
+    )
 
 
-def _score_pair(pid: str, sample: dict[str, np.ndarray], scores: Sequence[MethodScore], *, change_class: int,
-                ignore_index: int, swap_class_map: Sequence[int] | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _score_pair(
+    pid: str,
+    sample: dict[str, np.ndarray],
+    scores: Sequence[MethodScore],
+    *,
+    change_class: int,
+    ignore_index: int,
+    swap_class_map: Sequence[int] | None,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The pair's row of the table and each method's class map; :class:`PairFailed` when one raised."""
     t0, t1, truth = sample["t0"], sample["t1"], sample["mask"]
     row: dict[str, Any] = {
         "pair_id": pid,
         "height": int(t0.shape[0]),
         "width": int(t0.shape[1]),
-        "change_fraction": float(((truth == change_class)).sum() / max(1, int((truth != ignore_index).sum()))),
+        "change_fraction": float((truth == change_class).sum() / max(1, int((truth != ignore_index).sum()))),
         "methods": {},
     }
     outputs = predict_pair(scores, t0, t1, truth)
@@ -132,8 +161,15 @@ def _score_pair(pid: str, sample: dict[str, np.ndarray], scores: Sequence[Method
     return row, predictions
 
 
-def _illustrate(row: dict[str, Any], sample: dict[str, np.ndarray], predictions: dict[str, np.ndarray], main: Method,
-                *, images_dir: Path | None, branch_window: int) -> None:
+def _illustrate(
+    row: dict[str, Any],
+    sample: dict[str, np.ndarray],
+    predictions: dict[str, np.ndarray],
+    main: Method,
+    *,
+    images_dir: Path | None,
+    branch_window: int,
+) -> None:
     """Panels and the appear/disappear check of the method under test, added to ``row``."""
     t0, t1, truth = sample["t0"], sample["t1"], sample["mask"]
     # Branch maps run the model untiled: large pairs show their central window.
@@ -146,8 +182,16 @@ def _illustrate(row: dict[str, Any], sample: dict[str, np.ndarray], predictions:
             row["branch_asymmetry"] = symmetry
 
 
-def _result(scores: Sequence[MethodScore], rows: list[dict[str, Any]], skipped: list[tuple[str, str]], *,
-            num_classes: int, change_class: int, swap_class_map: Sequence[int] | None, started: float) -> EvaluationResult:
+def _result(
+    scores: Sequence[MethodScore],
+    rows: list[dict[str, Any]],
+    skipped: list[tuple[str, str]],
+    *,
+    num_classes: int,
+    change_class: int,
+    swap_class_map: Sequence[int] | None,
+    started: float,
+) -> EvaluationResult:
     summaries = [s.summary(rows) for s in scores]
     asym = [max(r["branch_asymmetry"]) for r in rows if "branch_asymmetry" in r]
     info = {
@@ -159,8 +203,9 @@ def _result(scores: Sequence[MethodScore], rows: list[dict[str, Any]], skipped: 
         "branch_asymmetry_max": max(asym) if asym else None,
         "seconds": time.perf_counter() - started,
     }
-    return EvaluationResult(methods=summaries, pairs=rows, skipped=skipped, info=info,
-                            metrics={s.method.name: s.metrics for s in scores})
+    return EvaluationResult(
+        methods=summaries, pairs=rows, skipped=skipped, info=info, metrics={s.method.name: s.metrics for s in scores}
+    )
 
 
 def evaluate(

@@ -24,13 +24,24 @@ from changeseg.metrics import ChangeMetrics
 from changeseg.models.contract import supports_branches
 from changeseg.thresholds import ThresholdCurve
 
-__all__ = ["EvaluationResult", "MethodScore", "PairFailed", "branch_symmetry", "central_window", "pair_counts",
-           "pooled", "predict_pair", "swap_consistency"]
+__all__ = [
+    "EvaluationResult",
+    "MethodScore",
+    "PairFailed",
+    "branch_symmetry",
+    "central_window",
+    "pair_counts",
+    "pooled",
+    "predict_pair",
+    "swap_consistency",
+]
 
 _EPS = 1e-7
 
 
-def pair_counts(pred: np.ndarray, truth: np.ndarray, *, change_class: int = 1, ignore_index: int = 255) -> dict[str, float]:
+def pair_counts(
+    pred: np.ndarray, truth: np.ndarray, *, change_class: int = 1, ignore_index: int = 255
+) -> dict[str, float]:
     """TP/FP/FN of the change class on one pair and the ratios; an empty denominator gives 0."""
     valid = truth != ignore_index
     p = (pred == change_class) & valid
@@ -48,7 +59,9 @@ def pair_counts(pred: np.ndarray, truth: np.ndarray, *, change_class: int = 1, i
     }
 
 
-def swap_consistency(pred: np.ndarray, pred_swapped: np.ndarray, class_map: Sequence[int] | None = None) -> dict[str, float]:
+def swap_consistency(
+    pred: np.ndarray, pred_swapped: np.ndarray, class_map: Sequence[int] | None = None
+) -> dict[str, float]:
     """How far the prediction on (t1, t0) is from the one on (t0, t1).
 
     ``agreement``: fraction of pixels where ``pred_swapped == class_map[pred]`` (identity
@@ -116,7 +129,12 @@ class EvaluationResult:
         raise KeyError(name)
 
     def to_json(self) -> dict[str, Any]:
-        return {"info": self.info, "methods": self.methods, "pairs": self.pairs, "skipped": [list(s) for s in self.skipped]}
+        return {
+            "info": self.info,
+            "methods": self.methods,
+            "pairs": self.pairs,
+            "skipped": [list(s) for s in self.skipped],
+        }
 
 
 class PairFailed(Exception):
@@ -156,8 +174,9 @@ class MethodScore:
         self.seconds += time.perf_counter() - tick
         return out
 
-    def add(self, pred: np.ndarray, pred_swapped: np.ndarray, truth: np.ndarray,
-            swap_class_map: Sequence[int] | None) -> dict[str, Any]:
+    def add(
+        self, pred: np.ndarray, pred_swapped: np.ndarray, truth: np.ndarray, swap_class_map: Sequence[int] | None
+    ) -> dict[str, Any]:
         """Count one pair in both accumulators; its entry of the per-pair table."""
         self.metrics.update(_as_tensor(pred), _as_tensor(truth))
         self.swapped.update(_as_tensor(pred_swapped), _as_tensor(truth))
@@ -199,8 +218,9 @@ class MethodScore:
         return summary
 
 
-def predict_pair(scores: Sequence[MethodScore], t0: np.ndarray, t1: np.ndarray,
-                 truth: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def predict_pair(
+    scores: Sequence[MethodScore], t0: np.ndarray, t1: np.ndarray, truth: np.ndarray
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every method's predictions in both orders; :class:`PairFailed` names the one that raised."""
     outputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for score in scores:
@@ -218,12 +238,16 @@ def pooled(results: Sequence[EvaluationResult], name: str) -> dict[str, float]:
     for result in results:
         metrics = result.metrics[name]
         if merged is None:
-            merged = ChangeMetrics(num_classes=metrics.num_classes, ignore_index=metrics.ignore_index,
-                                   change_class=metrics.change_class)
+            merged = ChangeMetrics(
+                num_classes=metrics.num_classes, ignore_index=metrics.ignore_index, change_class=metrics.change_class
+            )
         merged.merge(metrics)
     glob = merged.compute() if merged is not None else ChangeMetrics().compute()
     rows = [row for result in results for row in result.pairs]
     return {
-        **{key: glob[key] for key in ("global_precision", "global_recall", "global_f1", "global_iou", "per_image_f1_mean")},
+        **{
+            key: glob[key]
+            for key in ("global_precision", "global_recall", "global_f1", "global_iou", "per_image_f1_mean")
+        },
         "swap_agreement_mean": sum(r["methods"][name]["swap"]["agreement"] for r in rows) / max(1, len(rows)),
     }

@@ -33,9 +33,20 @@ BLOCK = 512
 def tiled_profile(src: Any, *, dtype: str, nodata: float | None, count: int = 1) -> dict:
     """A GeoTIFF profile on ``src``'s grid (CRS, transform, size), tiled 512 with fast deflate."""
     return {
-        "driver": "GTiff", "width": src.width, "height": src.height, "count": count, "dtype": dtype,
-        "crs": src.crs, "transform": src.transform, "nodata": nodata, "tiled": True,
-        "blockxsize": BLOCK, "blockysize": BLOCK, "compress": "deflate", "zlevel": 1, "BIGTIFF": "IF_SAFER",
+        "driver": "GTiff",
+        "width": src.width,
+        "height": src.height,
+        "count": count,
+        "dtype": dtype,
+        "crs": src.crs,
+        "transform": src.transform,
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": BLOCK,
+        "blockysize": BLOCK,
+        "compress": "deflate",
+        "zlevel": 1,
+        "BIGTIFF": "IF_SAFER",
     }
 
 
@@ -46,8 +57,16 @@ def to_cog(tmp_path: str | Path, dst_path: str | Path, *, resampling: str = "nea
     import rasterio.shutil
 
     with rasterio.Env(GDAL_NUM_THREADS="1"):
-        rasterio.shutil.copy(str(tmp_path), str(dst_path), driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=BLOCK,
-                             OVERVIEWS="AUTO", OVERVIEW_RESAMPLING=resampling.upper(), BIGTIFF="IF_SAFER")
+        rasterio.shutil.copy(
+            str(tmp_path),
+            str(dst_path),
+            driver="COG",
+            COMPRESS="DEFLATE",
+            BLOCKSIZE=BLOCK,
+            OVERVIEWS="AUTO",
+            OVERVIEW_RESAMPLING=resampling.upper(),
+            BIGTIFF="IF_SAFER",
+        )
 
 
 @dataclass
@@ -102,7 +121,7 @@ class RegionWriter:
         if self.geod is not None:
             area = abs(self.geod.geometry_area_perimeter(_apply(self.to_wgs84, geom) if self.to_wgs84 else geom)[0])
         else:
-            area = geom.area * self.metres ** 2
+            area = geom.area * self.metres**2
         if self.reproject is not None:
             geom = _apply(self.reproject, geom)
         x0, y0, x1, y1 = (int(v) for v in piece.geometry.bounds)
@@ -113,8 +132,12 @@ class RegionWriter:
             heapq.heappush(self.largest, item)
         elif self.max_regions and item > self.largest[0]:
             heapq.heapreplace(self.largest, item)
-        props = {"class": piece.cls, "pixels": pixels, "area_m2": round(float(area), 3),
-                 "bounds": [round(v, 9) for v in geom.bounds]}
+        props = {
+            "class": piece.cls,
+            "pixels": pixels,
+            "area_m2": round(float(area), 3),
+            "bounds": [round(v, 9) for v in geom.bounds],
+        }
         return {"type": "Feature", "properties": props, "geometry": mapping(geom)}
 
     def top(self) -> list[dict]:
@@ -131,7 +154,9 @@ class RegionWriter:
         return {"type": "name", "properties": {"name": name}}
 
 
-def _block_pieces(mask: np.ndarray, x: int, y: int, *, inner: tuple[bool, bool, bool, bool]) -> Iterator[tuple[_Piece, bool]]:
+def _block_pieces(
+    mask: np.ndarray, x: int, y: int, *, inner: tuple[bool, bool, bool, bool]
+) -> Iterator[tuple[_Piece, bool]]:
     """(piece, touches an inner block border) for every changed region of one block."""
     # Lazy: GDAL (see the imports above).
     from rasterio import features
@@ -146,12 +171,22 @@ def _block_pieces(mask: np.ndarray, x: int, y: int, *, inner: tuple[bool, bool, 
     for geojson, value in features.shapes(mask, mask=changed, connectivity=4, transform=Affine.translation(x, y)):
         geom = shape(geojson)
         bx0, by0, bx1, by1 = geom.bounds
-        edge = (left and bx0 <= x) or (top and by0 <= y) or (right and bx1 >= x + width) or (bottom and by1 >= y + height)
+        edge = (
+            (left and bx0 <= x) or (top and by0 <= y) or (right and bx1 >= x + width) or (bottom and by1 >= y + height)
+        )
         yield _Piece(int(value), geom), bool(edge)
 
 
-def write_regions(mask_path: str | Path, out_path: str | Path, *, crs: str | None = None, simplify: float = 0.0,
-                  min_area: int = 1, max_regions: int = 100, block: int = 4096) -> RegionWriter:
+def write_regions(
+    mask_path: str | Path,
+    out_path: str | Path,
+    *,
+    crs: str | None = None,
+    simplify: float = 0.0,
+    min_area: int = 1,
+    max_regions: int = 100,
+    block: int = 4096,
+) -> RegionWriter:
     """Polygons of the changed regions of a class-mask raster into a GeoJSON file (streamed)."""
     # Lazy: GDAL (see the imports above).
     import rasterio

@@ -14,7 +14,9 @@ from changeseg.inference.naming import UnsafePairId, check_pair_id
 __all__ = ["load_input_records"]
 
 
-def load_input_records(input_uri: str, cfg: Config, *, split: str | None = None) -> tuple[list[PairRecord], list[tuple[str, str]]]:
+def load_input_records(
+    input_uri: str, cfg: Config, *, split: str | None = None
+) -> tuple[list[PairRecord], list[tuple[str, str]]]:
     """Records of a manifest, shards or a dataset layout at any URI, plus incomplete pairs."""
     scan = scan_dataset(
         input_uri,

@@ -33,6 +33,7 @@ from changeseg.thresholds import DEFAULT_THRESHOLD, threshold_of
 
 __all__ = ["PairPrediction", "Predictor", "resolve_model_dir"]
 
+
 @dataclass
 class PairPrediction:
     """One pair's result: class ids, optionally P(change) as uint16 (x 65535)."""
@@ -90,17 +91,23 @@ class Predictor:
         return cls(model, info={**(info or {}), "metadata": metadata}, **options)
 
     @classmethod
-    def from_bytes(cls, meta: bytes | str, weights: bytes, *, info: dict[str, Any] | None = None, **options: Any) -> "Predictor":
+    def from_bytes(
+        cls, meta: bytes | str, weights: bytes, *, info: dict[str, Any] | None = None, **options: Any
+    ) -> "Predictor":
         """A checkpoint held in memory: ``model.json`` text and safetensors bytes (batch actors)."""
         parsed = json.loads(meta)
         model = model_from_checkpoint(parsed, weights)
         return cls(model, info={**(info or {}), "metadata": parsed.get("metadata", {})}, **options)
 
     @classmethod
-    def from_uri(cls, uri: str, *, tracking_uri: str | None = None, storage_options: StorageSection | None = None, **options: Any) -> "Predictor":
+    def from_uri(
+        cls, uri: str, *, tracking_uri: str | None = None, storage_options: StorageSection | None = None, **options: Any
+    ) -> "Predictor":
         """A registry URI, an ``s3://`` or a local checkpoint folder (see :func:`resolve_model_dir`)."""
         with tempfile.TemporaryDirectory(prefix="changeseg-model-") as tmp:
-            directory, info = resolve_model_dir(uri, tracking_uri=tracking_uri, storage_options=storage_options, download_dir=tmp)
+            directory, info = resolve_model_dir(
+                uri, tracking_uri=tracking_uri, storage_options=storage_options, download_dir=tmp
+            )
             return cls.from_dir(directory, info=info, **options)
 
     @property
@@ -166,7 +173,9 @@ class Predictor:
             return self.batch_size
         return max(1, min(self.batch_size, self.max_batch_pixels // max(pixels_each, 1)))
 
-    def iter_windows(self, t0: np.ndarray, t1: np.ndarray, *, channels_first: bool = False) -> Iterator[tuple[Window, torch.Tensor]]:
+    def iter_windows(
+        self, t0: np.ndarray, t1: np.ndarray, *, channels_first: bool = False
+    ) -> Iterator[tuple[Window, torch.Tensor]]:
         """Yield (window, probabilities of the window's own output slice, (N, C, h, w) on the device).
 
         ``t0``, ``t1``: uint8 (N, H, W, 3), or with ``channels_first`` float (N, 3, H, W) in
@@ -259,15 +268,21 @@ class Predictor:
             for first in range(0, len(indices), step):
                 chunk = indices[first : first + step]
                 try:
-                    done = self._predict_group(np.stack([t0s[i] for i in chunk]), np.stack([t1s[i] for i in chunk]),
-                                               change=change, threshold=cut)
+                    done = self._predict_group(
+                        np.stack([t0s[i] for i in chunk]),
+                        np.stack([t1s[i] for i in chunk]),
+                        change=change,
+                        threshold=cut,
+                    )
                 except Exception as err:  # noqa: BLE001 - the group's pairs carry it
                     done = [err] * len(chunk)
                 for i, res in zip(chunk, done):
                     results[i] = res
         return results
 
-    def _predict_group(self, t0: np.ndarray, t1: np.ndarray, *, change: bool, threshold: float | None = None) -> list[PairPrediction]:
+    def _predict_group(
+        self, t0: np.ndarray, t1: np.ndarray, *, change: bool, threshold: float | None = None
+    ) -> list[PairPrediction]:
         start = time.perf_counter()
         n, height, width = t0.shape[:3]
         masks = np.empty((n, height, width), np.uint8)
@@ -283,7 +298,10 @@ class Predictor:
         elapsed = 1000 * (time.perf_counter() - start) / n
         first = plan_windows(height, width, tile=self.tile_size, overlap=self.tile_overlap)[0]
         size = n if windows == 1 else min(windows, self._window_step(n, first))
-        return [PairPrediction(masks[k], None if changes is None else changes[k], windows, elapsed, size, threshold) for k in range(n)]
+        return [
+            PairPrediction(masks[k], None if changes is None else changes[k], windows, elapsed, size, threshold)
+            for k in range(n)
+        ]
 
     def forward_with_branches(self, t0: np.ndarray, t1: np.ndarray) -> tuple[np.ndarray, Any]:
         """Class ids (H, W) and the MTF branch maps of one whole pair (for the branch panels)."""

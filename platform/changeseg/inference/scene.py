@@ -58,10 +58,17 @@ class SceneOptions:
     @classmethod
     def from_config(cls, cfg: Any) -> "SceneOptions":
         s = cfg.score
-        return cls(raster=raster_options(cfg.data), write_probabilities=s.write_probabilities,
-                   probability_dtype=s.probability_dtype, regions_crs=s.regions_crs, regions_simplify=s.regions_simplify,
-                   min_region_area=s.min_region_area, max_regions=s.max_regions, mask_values=cfg.data.mask_values,
-                   ignore_index=cfg.data.ignore_index)
+        return cls(
+            raster=raster_options(cfg.data),
+            write_probabilities=s.write_probabilities,
+            probability_dtype=s.probability_dtype,
+            regions_crs=s.regions_crs,
+            regions_simplify=s.regions_simplify,
+            min_region_area=s.min_region_area,
+            max_regions=s.max_regions,
+            mask_values=cfg.data.mask_values,
+            ignore_index=cfg.data.ignore_index,
+        )
 
 
 def is_scene(row: dict, storage_options=None) -> bool:
@@ -117,7 +124,9 @@ class _Outputs:
         if opts.write_probabilities:
             self.prob_path = folder / "probability.tif"
             nodata = float("nan") if self.as_float else None
-            self.prob = rasterio.open(self.prob_path, "w", **tiled_profile(pair.t0, dtype=opts.probability_dtype, nodata=nodata))
+            self.prob = rasterio.open(
+                self.prob_path, "w", **tiled_profile(pair.t0, dtype=opts.probability_dtype, nodata=nodata)
+            )
 
     def write_batch(self, scored: _Scored) -> None:
         started = time.perf_counter()
@@ -160,8 +169,15 @@ def _read_batches(pair, windows: list, step: int, opts: SceneOptions, num_classe
         started = time.perf_counter()
         reads = [pair.read(_rio(w.y, w.x, w.height, w.width)) for w in chunk]
         valid = [r[2][_centre(w)] for r, w in zip(reads, chunk)]
-        truth = [pair.read_mask(_rio(w.y0, w.x0, w.y1 - w.y0, w.x1 - w.x0), mask_values=opts.mask_values,
-                                num_classes=num_classes, ignore_index=opts.ignore_index) for w in chunk]
+        truth = [
+            pair.read_mask(
+                _rio(w.y0, w.x0, w.y1 - w.y0, w.x1 - w.x0),
+                mask_values=opts.mask_values,
+                num_classes=num_classes,
+                ignore_index=opts.ignore_index,
+            )
+            for w in chunk
+        ]
         a, b = np.stack([r[0] for r in reads]), np.stack([r[1] for r in reads])
         stats["read_s"] += time.perf_counter() - started
         yield _Batch(chunk, a, b, valid, truth)
@@ -191,7 +207,9 @@ def _update_metrics(metrics: ChangeMetrics, scored: _Scored, ignore_index: int) 
         metrics.update(torch.from_numpy(pred).long(), torch.from_numpy(truth).long())
 
 
-def _predict_windows(predictor, pair, opts: SceneOptions, outputs: _Outputs, metrics: ChangeMetrics, stats: dict) -> int:
+def _predict_windows(
+    predictor, pair, opts: SceneOptions, outputs: _Outputs, metrics: ChangeMetrics, stats: dict
+) -> int:
     """Stream every window through the model, reading ahead and writing behind in
     background threads (bounded queues); returns the window count."""
     windows, step = _windows_of(predictor, pair.height, pair.width)
@@ -199,8 +217,10 @@ def _predict_windows(predictor, pair, opts: SceneOptions, outputs: _Outputs, met
     cut = predictor.threshold_for() if hasattr(predictor, "threshold_for") else None
     stats["threshold"] = cut
     batches = _read_batches(pair, windows, step, opts, predictor.num_classes, stats)
-    with Prefetch(batches, depth=PREFETCH, name="scene-read") as reads, \
-            Sink(outputs.write_batch, depth=PREFETCH, name="scene-write") as sink:
+    with (
+        Prefetch(batches, depth=PREFETCH, name="scene-read") as reads,
+        Sink(outputs.write_batch, depth=PREFETCH, name="scene-write") as sink,
+    ):
         pending = iter(reads)
         while True:
             started = time.perf_counter()
@@ -234,14 +254,26 @@ def score_scene(predictor, row: dict, *, output_uri: str, opts: SceneOptions, st
     """Score one georeferenced pair into ``OUTPUT/masks|probabilities/<id>.tif`` and
     ``OUTPUT/regions/<id>.geojson``; returns the result row's fields (``stats``: timings)."""
     pid = row["pair_id"]
-    stats: dict[str, Any] = {"read_s": 0.0, "read_wait_s": 0.0, "model_s": 0.0, "write_s": 0.0, "write_wait_s": 0.0,
-                             "cog_s": 0.0, "regions_s": 0.0, "valid": 0, "changed": 0}
+    stats: dict[str, Any] = {
+        "read_s": 0.0,
+        "read_wait_s": 0.0,
+        "model_s": 0.0,
+        "write_s": 0.0,
+        "write_wait_s": 0.0,
+        "cog_s": 0.0,
+        "regions_s": 0.0,
+        "valid": 0,
+        "changed": 0,
+    }
     metrics = ChangeMetrics(num_classes=predictor.num_classes, ignore_index=opts.ignore_index)
     import rasterio  # lazy: GDAL, see the module note
 
     # GDAL's block cache defaults to 5 % of RAM and would grow with the scene: cap it.
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), tempfile.TemporaryDirectory(prefix="changeseg-scene-") as tmp, \
-            open_scene_pair(row, opts.raster, storage_options) as pair:
+    with (
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB),
+        tempfile.TemporaryDirectory(prefix="changeseg-scene-") as tmp,
+        open_scene_pair(row, opts.raster, storage_options) as pair,
+    ):
         folder = Path(tmp)
         outputs = _Outputs(pair, folder, opts, stats)
         try:
@@ -256,8 +288,14 @@ def score_scene(predictor, row: dict, *, output_uri: str, opts: SceneOptions, st
             to_cog(outputs.prob_path, folder / "probability.cog.tif", resampling="average")
         stats["cog_s"] = time.perf_counter() - started
         started = time.perf_counter()
-        regions = write_regions(folder / "mask.cog.tif", folder / "regions.geojson", crs=opts.regions_crs,
-                                simplify=opts.regions_simplify, min_area=opts.min_region_area, max_regions=opts.max_regions)
+        regions = write_regions(
+            folder / "mask.cog.tif",
+            folder / "regions.geojson",
+            crs=opts.regions_crs,
+            simplify=opts.regions_simplify,
+            min_area=opts.min_region_area,
+            max_regions=opts.max_regions,
+        )
         stats["regions_s"] = time.perf_counter() - started
         mask_uri = storage.join(output_uri, "masks", pair_file_name(pid, ".tif"))
         regions_uri = storage.join(output_uri, "regions", pair_file_name(pid, ".geojson"))
@@ -268,9 +306,21 @@ def score_scene(predictor, row: dict, *, output_uri: str, opts: SceneOptions, st
             prob_uri = storage.join(output_uri, "probabilities", pair_file_name(pid, ".tif"))
             _publish(folder / "probability.cog.tif", prob_uri, storage_options)
     return dict(
-        status="ok", error="", height=height, width=width, tiles=tiles, changed_pixels=stats["changed"],
-        changed_fraction=stats["changed"] / max(stats["valid"], 1), regions_total=regions.count,
-        regions=json.dumps(regions.top()), mask_uri=mask_uri, probability_uri=prob_uri, regions_uri=regions_uri,
-        crs=crs, bounds=bounds, threshold=stats.pop("threshold"), metrics_state=metrics.state().tolist() if has_truth else None,
+        status="ok",
+        error="",
+        height=height,
+        width=width,
+        tiles=tiles,
+        changed_pixels=stats["changed"],
+        changed_fraction=stats["changed"] / max(stats["valid"], 1),
+        regions_total=regions.count,
+        regions=json.dumps(regions.top()),
+        mask_uri=mask_uri,
+        probability_uri=prob_uri,
+        regions_uri=regions_uri,
+        crs=crs,
+        bounds=bounds,
+        threshold=stats.pop("threshold"),
+        metrics_state=metrics.state().tolist() if has_truth else None,
         stats={k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()},
     )

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["RESULT_SCHEMA", "ScoreSummary", "batch_score", "load_input_records", "read_results"]
 
+
 @dataclass
 class ScoreSummary:
     """What a scoring job did; also written to ``OUTPUT/summary.json``."""
@@ -72,15 +73,22 @@ class ScoreSummary:
 def checkpoint_bytes(model_uri: str, cfg: Config) -> tuple[dict, dict]:
     """Checkpoint bytes (model.json + safetensors) and registry info, resolved once on the driver."""
     with tempfile.TemporaryDirectory(prefix="changeseg-score-") as tmp:
-        directory, info = resolve_model_dir(model_uri, tracking_uri=cfg.tracking.tracking_uri,
-                                            storage_options=cfg.storage, download_dir=tmp)
+        directory, info = resolve_model_dir(
+            model_uri, tracking_uri=cfg.tracking.tracking_uri, storage_options=cfg.storage, download_dir=tmp
+        )
         meta = (directory / META_FILE).read_text()
         weights = (directory / WEIGHTS_FILE).read_bytes()
     return {"meta": meta, "weights": weights}, {k: v for k, v in info.items() if k != "metadata"}
 
 
 def batch_score(
-    cfg: Config, *, model_uri: str, input_uri: str, output_uri: str, split: str | None = None, retry_errors: bool = False
+    cfg: Config,
+    *,
+    model_uri: str,
+    input_uri: str,
+    output_uri: str,
+    split: str | None = None,
+    retry_errors: bool = False,
 ) -> ScoreSummary:
     """Score every pair of ``input_uri`` with ``model_uri`` into ``output_uri``; resumable.
 
@@ -102,14 +110,24 @@ def batch_score(
     writer = ResultWriter(output_uri, cfg)
     problem_rows = problem_result_rows(problems, done=done, info=info)
     writer.add(problem_rows)
-    log.info("scoring %d pairs of %s with %s (%d already in %s)", len(todo), input_uri, model_uri, len(done), output_uri)
+    log.info(
+        "scoring %d pairs of %s with %s (%d already in %s)", len(todo), input_uri, model_uri, len(done), output_uri
+    )
     error_examples = [[r["pair_id"], r["error"]] for r in problem_rows[:5]]
     steady = _run_pipeline(cfg, todo, checkpoint, info, output_uri, writer, error_examples, started) if todo else None
     writer.flush()
 
     summary = summarise(
-        cfg, info=info, input_uri=input_uri, output_uri=output_uri, pairs_total=total, already_done=len(done),
-        scored_now=len(todo) + len(problem_rows), started=started, steady=steady, error_examples=error_examples,
+        cfg,
+        info=info,
+        input_uri=input_uri,
+        output_uri=output_uri,
+        pairs_total=total,
+        already_done=len(done),
+        scored_now=len(todo) + len(problem_rows),
+        started=started,
+        steady=steady,
+        error_examples=error_examples,
     )
     storage.write_bytes(storage.join(output_uri, "summary.json"), summary.to_json().encode(), cfg.storage)
     return summary
@@ -134,33 +152,67 @@ def problem_result_rows(problems: list[tuple[str, str]], *, done: set[str], info
     """One ``error`` row per incomplete input pair not already in the results."""
     model_fields = {"model_name": str(info.get("name")), "model_version": str(info.get("version") or "")}
     return [
-        {**{n: None for n in RESULT_SCHEMA.names}, **model_fields, "pair_id": pid, "status": "error", "error": why, "has_truth": False}
-        for pid, why in problems if pid not in done
+        {
+            **{n: None for n in RESULT_SCHEMA.names},
+            **model_fields,
+            "pair_id": pid,
+            "status": "error",
+            "error": why,
+            "has_truth": False,
+        }
+        for pid, why in problems
+        if pid not in done
     ]
 
 
 def summarise(
-    cfg: Config, *, info: dict, input_uri: str, output_uri: str, pairs_total: int, already_done: int, scored_now: int,
-    started: float, steady: float | None, error_examples: list,
+    cfg: Config,
+    *,
+    info: dict,
+    input_uri: str,
+    output_uri: str,
+    pairs_total: int,
+    already_done: int,
+    scored_now: int,
+    started: float,
+    steady: float | None,
+    error_examples: list,
 ) -> ScoreSummary:
     """The job's summary, its totals and metrics read back from every result file (resumed runs too)."""
     ok_all, err_all, rows_all, metrics = result_totals(output_uri, cfg)
     seconds = time.perf_counter() - started
     summary = ScoreSummary(
-        model=info, input=input_uri, output=output_uri, pairs_total=pairs_total, already_done=already_done,
-        scored_now=scored_now, ok=ok_all, errors=err_all, seconds=round(seconds, 3),
+        model=info,
+        input=input_uri,
+        output=output_uri,
+        pairs_total=pairs_total,
+        already_done=already_done,
+        scored_now=scored_now,
+        ok=ok_all,
+        errors=err_all,
+        seconds=round(seconds, 3),
         pairs_per_second=round(scored_now / seconds, 3) if seconds > 0 else 0.0,
-        results=storage.join(output_uri, "results"), masks=storage.join(output_uri, "masks"),
+        results=storage.join(output_uri, "results"),
+        masks=storage.join(output_uri, "masks"),
         steady_pairs_per_second=round(steady, 3) if steady else None,
-        metrics=metrics.compute() if metrics is not None else None, error_examples=error_examples[:5],
+        metrics=metrics.compute() if metrics is not None else None,
+        error_examples=error_examples[:5],
     )
     if rows_all != pairs_total:
         log.warning("%s holds %d result rows for %d input pairs", summary.results, rows_all, pairs_total)
     return summary
 
 
-def _run_pipeline(cfg: Config, todo: list, checkpoint: dict, info: dict, output_uri: str, writer: "ResultWriter",
-                  error_examples: list, started: float) -> float | None:
+def _run_pipeline(
+    cfg: Config,
+    todo: list,
+    checkpoint: dict,
+    info: dict,
+    output_uri: str,
+    writer: "ResultWriter",
+    error_examples: list,
+    started: float,
+) -> float | None:
     """Stream ``todo`` through decoding and the actor pool into ``writer``; returns the steady rate."""
     init_ray(cfg)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -183,7 +235,9 @@ def _run_pipeline(cfg: Config, todo: list, checkpoint: dict, info: dict, output_
         if clock.due(final=scored == len(todo)):
             rate = scored / max(clock.elapsed, 1e-9)
             eta = clock.eta(scored, len(todo))
-            print(f"[score] {scored}/{len(todo)} pairs, {rate:.2f} pairs/s, eta {eta:.0f} s, errors {errors}", flush=True)
+            print(
+                f"[score] {scored}/{len(todo)} pairs, {rate:.2f} pairs/s, eta {eta:.0f} s, errors {errors}", flush=True
+            )
     del weights_ref  # the job is over; the object store may free the weights
     return steady_rate(stamps)
 
@@ -199,8 +253,12 @@ def scoring_dataset(
     ds = source_dataset(todo, cfg).map(Decode(load), num_cpus=0.5)
     return ds.map_batches(
         Scorer,
-        fn_constructor_kwargs={"checkpoint": [weights_ref], "info": info,
-                               "cfg_json": cfg.model_dump(mode="json"), "output_uri": output_uri},
+        fn_constructor_kwargs={
+            "checkpoint": [weights_ref],
+            "info": info,
+            "cfg_json": cfg.model_dump(mode="json"),
+            "output_uri": output_uri,
+        },
         batch_size=score.batch_size,
         compute=ray.data.ActorPoolStrategy(min_size=score.min_actors, max_size=score.max_actors),
         num_gpus=score.num_gpus,

@@ -29,6 +29,7 @@ from changeseg.metrics import ChangeMetrics
 
 __all__ = ["Decode", "Scorer"]
 
+
 class Decode:
     """Ray Data map: read and decode one pair; a failure becomes an error row, not a crash."""
 
@@ -38,8 +39,15 @@ class Decode:
     def __call__(self, row: dict) -> dict:
         start = time.perf_counter()
         empty = np.zeros((0, 0, 3), np.uint8)
-        out = {"pair_id": row["pair_id"], "error": "", "t0": empty, "t1": empty,
-               "mask": np.zeros((0, 0), np.uint8), "has_truth": False, "scene": ""}
+        out = {
+            "pair_id": row["pair_id"],
+            "error": "",
+            "t0": empty,
+            "t1": empty,
+            "mask": np.zeros((0, 0), np.uint8),
+            "has_truth": False,
+            "scene": "",
+        }
         try:
             if _scene_row(row, self.load, out):  # read window by window by the scorer
                 out["decode_ms"] = (time.perf_counter() - start) * 1000
@@ -80,9 +88,17 @@ class Scorer:
             # One intra-op thread per CPU the actor reserved (Ray's default is one in total).
             torch.set_num_threads(max(1, int(score.cpus_per_actor)))
         self.predictor = Predictor.from_bytes(
-            weights["meta"], weights["weights"], info=info, device=device, precision=score.precision,
-            channels_last=score.channels_last, tile_size=score.tile_size, tile_overlap=score.tile_overlap,
-            batch_size=score.batch_size, tta=score.tta, threshold=score.threshold,
+            weights["meta"],
+            weights["weights"],
+            info=info,
+            device=device,
+            precision=score.precision,
+            channels_last=score.channels_last,
+            tile_size=score.tile_size,
+            tile_overlap=score.tile_overlap,
+            batch_size=score.batch_size,
+            tta=score.tta,
+            threshold=score.threshold,
         )
         self.num_classes = self.predictor.num_classes
 
@@ -91,17 +107,23 @@ class Scorer:
         good = [i for i in range(n) if not batch["error"][i] and not batch["scene"][i]]
         errors = {i: str(batch["error"][i]) for i in range(n) if batch["error"][i]}
         start = time.perf_counter()
-        predicted = self.predictor.predict_pairs([batch["t0"][i] for i in good], [batch["t1"][i] for i in good],
-                                                 change=self.cfg.score.write_probabilities)
+        predicted = self.predictor.predict_pairs(
+            [batch["t0"][i] for i in good], [batch["t1"][i] for i in good], change=self.cfg.score.write_probabilities
+        )
         per_pair_ms = (time.perf_counter() - start) * 1000 / max(len(good), 1)
         results = dict(zip(good, predicted))
         scored_at = time.time()
         rows: list[dict] = []
         for i in range(n):
             row = {name: None for name in RESULT_SCHEMA.names}
-            row.update(pair_id=str(batch["pair_id"][i]), scored_at=scored_at, model_name=str(self.info.get("name")),
-                       model_version=str(self.info.get("version") or ""), decode_ms=float(batch["decode_ms"][i]),
-                       has_truth=bool(batch["has_truth"][i]))
+            row.update(
+                pair_id=str(batch["pair_id"][i]),
+                scored_at=scored_at,
+                model_name=str(self.info.get("name")),
+                model_version=str(self.info.get("version") or ""),
+                decode_ms=float(batch["decode_ms"][i]),
+                has_truth=bool(batch["has_truth"][i]),
+            )
             result = results.get(i)
             if isinstance(result, Exception):  # a failed model call fails its pairs, not the job
                 errors[i] = f"{type(result).__name__}: {result}"
@@ -110,7 +132,9 @@ class Scorer:
                     if batch["scene"][i]:
                         row.update(self._scene(str(batch["scene"][i])))
                     else:
-                        row.update(self._outputs(row["pair_id"], result, batch["mask"][i] if row["has_truth"] else None))
+                        row.update(
+                            self._outputs(row["pair_id"], result, batch["mask"][i] if row["has_truth"] else None)
+                        )
                         row["inference_ms"] = per_pair_ms
                 except Exception as err:
                     errors[i] = f"{type(err).__name__}: {err}"
@@ -122,8 +146,13 @@ class Scorer:
     def _scene(self, scene_json: str) -> dict:
         """Score a georeferenced pair window by window into COGs and GeoJSON regions."""
         started = time.perf_counter()
-        fields = score_scene(self.predictor, json.loads(scene_json), output_uri=self.output,
-                             opts=SceneOptions.from_config(self.cfg), storage_options=self.cfg.storage)
+        fields = score_scene(
+            self.predictor,
+            json.loads(scene_json),
+            output_uri=self.output,
+            opts=SceneOptions.from_config(self.cfg),
+            storage_options=self.cfg.storage,
+        )
         fields.pop("stats", None)
         return {**fields, "inference_ms": (time.perf_counter() - started) * 1000}
 
@@ -134,7 +163,9 @@ class Scorer:
         summary = summarize_mask(pred, ignore_index=None, min_area=score.min_region_area, max_regions=score.max_regions)
         mask_uri = storage.join(self.output, "masks", pair_file_name(pid, ".png"))
         # 0/255 for binary change so the PNG is viewable; class ids otherwise.
-        storage.write_bytes(mask_uri, encode_png(pred * 255 if self.num_classes == 2 else pred, compress_level=1), self.cfg.storage)
+        storage.write_bytes(
+            mask_uri, encode_png(pred * 255 if self.num_classes == 2 else pred, compress_level=1), self.cfg.storage
+        )
         prob_uri = None
         if result.change is not None:
             prob_uri = storage.join(self.output, "probabilities", pair_file_name(pid, ".png"))
@@ -145,7 +176,18 @@ class Scorer:
             metrics = ChangeMetrics(num_classes=self.num_classes, ignore_index=self.cfg.data.ignore_index)
             metrics.update(torch.from_numpy(pred).long(), torch.from_numpy(np.asarray(truth)).long())
             state = metrics.state().tolist()
-        return dict(status="ok", error="", height=pred.shape[0], width=pred.shape[1], tiles=result.tiles,
-                    changed_fraction=summary["changed_fraction"], changed_pixels=summary["changed_pixels"],
-                    regions_total=summary["regions_total"], regions=json.dumps(summary["regions"]),
-                    mask_uri=mask_uri, probability_uri=prob_uri, metrics_state=state, threshold=result.threshold)
+        return dict(
+            status="ok",
+            error="",
+            height=pred.shape[0],
+            width=pred.shape[1],
+            tiles=result.tiles,
+            changed_fraction=summary["changed_fraction"],
+            changed_pixels=summary["changed_pixels"],
+            regions_total=summary["regions_total"],
+            regions=json.dumps(summary["regions"]),
+            mask_uri=mask_uri,
+            probability_uri=prob_uri,
+            metrics_state=state,
+            threshold=result.threshold,
+        )

@@ -149,7 +149,9 @@ def result_totals(output_uri: str, cfg: Config):
         rows_all += len(statuses)
         for state in table.column("metrics_state").to_pylist():
             if state:
-                m = ChangeMetrics.from_state(torch.tensor(state, dtype=torch.float64), ignore_index=cfg.data.ignore_index)
+                m = ChangeMetrics.from_state(
+                    torch.tensor(state, dtype=torch.float64), ignore_index=cfg.data.ignore_index
+                )
                 if metrics is None:
                     metrics = m
                 else:

@@ -14,14 +14,29 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "C3PO": "factory", "MSF": "factory", "MTF": "factory", "MTF_MODES": "factory",
-    "SEGMENTATION_SOURCES": "weights_spec", "Backbone": "factory", "LoadReport": "factory",
-    "create_backbone": "factory", "create_head": "factory", "create_model": "factory",
-    "list_backbones": "factory", "list_heads": "factory", "list_models": "registry",
-    "model_from_config": "factory", "resolve_model_args": "factory",
-    "PRESETS": "presets", "PRESET_WEIGHTS": "presets",
-    "ChangeModel": "contract", "WeightsSpec": "weights_spec", "parse_weights": "weights_spec",
-    "model_entry": "registry", "register_builder": "registry", "register_model": "registry",
+    "C3PO": "factory",
+    "MSF": "factory",
+    "MTF": "factory",
+    "MTF_MODES": "factory",
+    "SEGMENTATION_SOURCES": "weights_spec",
+    "Backbone": "factory",
+    "LoadReport": "factory",
+    "create_backbone": "factory",
+    "create_head": "factory",
+    "create_model": "factory",
+    "list_backbones": "factory",
+    "list_heads": "factory",
+    "list_models": "registry",
+    "model_from_config": "factory",
+    "resolve_model_args": "factory",
+    "PRESETS": "presets",
+    "PRESET_WEIGHTS": "presets",
+    "ChangeModel": "contract",
+    "WeightsSpec": "weights_spec",
+    "parse_weights": "weights_spec",
+    "model_entry": "registry",
+    "register_builder": "registry",
+    "register_model": "registry",
 }
 
 __all__ = sorted(_EXPORTS)

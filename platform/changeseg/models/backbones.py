@@ -119,7 +119,7 @@ class ResNetBackbone(Backbone):
             return None
         for prefix, ours in (("conv1.", "stem.0."), ("bn1.", "stem.1.")):
             if key.startswith(prefix):
-                return ours + key[len(prefix):]
+                return ours + key[len(prefix) :]
         return key
 
 
@@ -162,8 +162,15 @@ class SwinBackbone(SequentialBackbone):
 class TimmBackbone(Backbone):
     """Any timm model built with ``features_only=True`` (its last four scales)."""
 
-    def __init__(self, model_name: str, *, name: str, pretrained: bool = False, pretrained_file: str | None = None,
-                 timm_stats: bool = False) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        name: str,
+        pretrained: bool = False,
+        pretrained_file: str | None = None,
+        timm_stats: bool = False,
+    ) -> None:
         """``pretrained`` uses timm's own loader (its hub cache, or ``pretrained_file``);
         ``timm_stats`` takes the input normalisation from timm's ``pretrained_cfg``."""
         super().__init__()

@@ -56,8 +56,14 @@ class C3PO(ChangeModel):
         channel_std: list[float] | None = None,
     ) -> None:
         # Any band count: the first convolution is rebuilt, normalisation is per channel.
-        mean, std = channel_stats(in_channels, rgb_channels=rgb_channels, mean=channel_mean, std=channel_std,
-                                  rgb_mean=backbone.rgb_mean, rgb_std=backbone.rgb_std)
+        mean, std = channel_stats(
+            in_channels,
+            rgb_channels=rgb_channels,
+            mean=channel_mean,
+            std=channel_std,
+            rgb_mean=backbone.rgb_mean,
+            rgb_std=backbone.rgb_std,
+        )
         super().__init__(num_classes=num_classes, in_channels=in_channels, mean=mean, std=std, backbone=backbone)
         # MSF validates msf_scales against the backbone before anything else uses it.
         self.msf = MSF(backbone.channels, num_scales=msf_scales, width=msf_width, out_channels=head_channels)
@@ -81,11 +87,15 @@ class C3PO(ChangeModel):
         # Statistics other than ImageNet's (e.g. a timm backbone's own) are recorded as
         # resolved, so a checkpoint normalises the same way whatever timm says later.
         own_stats = channel_mean is None and (tuple(backbone.rgb_mean), tuple(backbone.rgb_std)) != (
-            tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
-        extra = {"in_channels": in_channels if in_channels != 3 else None,
-                 "rgb_channels": list(rgb_channels) if rgb_channels is not None else None,
-                 "channel_mean": list(channel_mean) if channel_mean is not None else (mean if own_stats else None),
-                 "channel_std": list(channel_std) if channel_std is not None else (std if own_stats else None)}
+            tuple(IMAGENET_MEAN),
+            tuple(IMAGENET_STD),
+        )
+        extra = {
+            "in_channels": in_channels if in_channels != 3 else None,
+            "rgb_channels": list(rgb_channels) if rgb_channels is not None else None,
+            "channel_mean": list(channel_mean) if channel_mean is not None else (mean if own_stats else None),
+            "channel_std": list(channel_std) if channel_std is not None else (std if own_stats else None),
+        }
         self.config.update({k: v for k, v in extra.items() if v is not None})
 
     def forward(self, t0: Tensor, t1: Tensor) -> Tensor:
@@ -131,11 +141,14 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_c3po_args(*, backbone: str, mtf: str, head: str, num_classes: Any, msf_scales: Any, msf_width: Any,
-                    head_channels: Any) -> None:
+def check_c3po_args(
+    *, backbone: str, mtf: str, head: str, num_classes: Any, msf_scales: Any, msf_width: Any, head_channels: Any
+) -> None:
     """Names and numbers checked before anything is built (the MSF checks msf_scales' upper bound)."""
     if not is_backbone_name(backbone):
-        raise ValueError(f"unknown backbone {backbone!r}; known backbones: {', '.join(list_backbones())}, or timm:<model name>")
+        raise ValueError(
+            f"unknown backbone {backbone!r}; known backbones: {', '.join(list_backbones())}, or timm:<model name>"
+        )
     if head not in list_heads():
         raise ValueError(f"unknown head {head!r}; known heads: {', '.join(list_heads())}")
     if mtf not in MTF_MODES:
@@ -167,8 +180,25 @@ def build_c3po(
 ) -> C3PO:
     """The C-3PO family's builder: every name of the family (``c3po``, the presets) builds
     a :class:`C3PO` whose config names ``c3po`` with the full arguments."""
-    check_c3po_args(backbone=backbone, mtf=mtf, head=head, num_classes=num_classes, msf_scales=msf_scales,
-                    msf_width=msf_width, head_channels=head_channels)
-    return C3PO(backbone=create_backbone(name=backbone), mtf=mtf, msf_scales=msf_scales, head=head,
-                num_classes=num_classes, msf_width=msf_width, head_channels=head_channels, in_channels=in_channels,
-                rgb_channels=rgb_channels, channel_mean=channel_mean, channel_std=channel_std)
+    check_c3po_args(
+        backbone=backbone,
+        mtf=mtf,
+        head=head,
+        num_classes=num_classes,
+        msf_scales=msf_scales,
+        msf_width=msf_width,
+        head_channels=head_channels,
+    )
+    return C3PO(
+        backbone=create_backbone(name=backbone),
+        mtf=mtf,
+        msf_scales=msf_scales,
+        head=head,
+        num_classes=num_classes,
+        msf_width=msf_width,
+        head_channels=head_channels,
+        in_channels=in_channels,
+        rgb_channels=rgb_channels,
+        channel_mean=channel_mean,
+        channel_std=channel_std,
+    )

@@ -17,7 +17,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DEFAULT_EXTRA_MEAN", "DEFAULT_EXTRA_STD", "IMAGENET_MEAN", "IMAGENET_STD", "adapt_first_conv", "adapt_rgb_kernel", "channel_stats", "check_rgb_channels"]
+__all__ = [
+    "DEFAULT_EXTRA_MEAN",
+    "DEFAULT_EXTRA_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "adapt_first_conv",
+    "adapt_rgb_kernel",
+    "channel_stats",
+    "check_rgb_channels",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -88,8 +97,16 @@ def adapt_first_conv(module: nn.Module, in_channels: int, rgb_channels: Sequence
         return module
     for name, child in module.named_modules():
         if isinstance(child, nn.Conv2d) and child.in_channels == 3 and child.groups == 1:
-            new = nn.Conv2d(in_channels, child.out_channels, child.kernel_size, stride=child.stride, padding=child.padding,
-                            dilation=child.dilation, bias=child.bias is not None, padding_mode=child.padding_mode)
+            new = nn.Conv2d(
+                in_channels,
+                child.out_channels,
+                child.kernel_size,
+                stride=child.stride,
+                padding=child.padding,
+                dilation=child.dilation,
+                bias=child.bias is not None,
+                padding_mode=child.padding_mode,
+            )
             with torch.no_grad():
                 new.weight.copy_(adapt_rgb_kernel(child.weight, in_channels, module.rgb_channels))
                 if child.bias is not None:
@@ -100,7 +117,9 @@ def adapt_first_conv(module: nn.Module, in_channels: int, rgb_channels: Sequence
     raise ValueError(f"{type(module).__name__} has no 3-channel input convolution to adapt")
 
 
-def adapt_state_for(module: nn.Module, state: dict[str, Tensor], *, rgb_channels: Sequence[int] | None = None) -> dict[str, Tensor]:
+def adapt_state_for(
+    module: nn.Module, state: dict[str, Tensor], *, rgb_channels: Sequence[int] | None = None
+) -> dict[str, Tensor]:
     """``state`` with RGB kernels (O, 3, kh, kw) adapted where ``module`` has more or fewer
     input channels; ``rgb_channels``: the input positions of R, G, B (default 0, 1, 2)."""
     own = module.state_dict()
@@ -108,7 +127,14 @@ def adapt_state_for(module: nn.Module, state: dict[str, Tensor], *, rgb_channels
     out = dict(state)
     for key, value in state.items():
         mine = own.get(key)
-        if (mine is not None and value.dim() == 4 and mine.dim() == 4 and value.shape[1] == 3 and mine.shape[1] != 3
-                and value.shape[0] == mine.shape[0] and value.shape[2:] == mine.shape[2:]):
+        if (
+            mine is not None
+            and value.dim() == 4
+            and mine.dim() == 4
+            and value.shape[1] == 3
+            and mine.shape[1] != 3
+            and value.shape[0] == mine.shape[0]
+            and value.shape[2:] == mine.shape[2:]
+        ):
             out[key] = adapt_rgb_kernel(value, int(mine.shape[1]), rgb)
     return out

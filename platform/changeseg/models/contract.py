@@ -35,8 +35,15 @@ class ChangeModel(nn.Module):
     supports_branches: ClassVar[bool] = False
     config: dict[str, Any]
 
-    def __init__(self, *, num_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float],
-                 backbone: Backbone | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        in_channels: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        backbone: Backbone | None = None,
+    ) -> None:
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
@@ -45,7 +52,9 @@ class ChangeModel(nn.Module):
         self.backbone = backbone
         self.num_classes = num_classes
         self.in_channels = in_channels
-        self.register_buffer("mean", torch.tensor([float(v) for v in mean]).view(1, in_channels, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor([float(v) for v in mean]).view(1, in_channels, 1, 1), persistent=False
+        )
         self.register_buffer("std", torch.tensor([float(v) for v in std]).view(1, in_channels, 1, 1), persistent=False)
 
     def normalise(self, x: Tensor) -> Tensor:

@@ -54,7 +54,11 @@ def _architecture(entry: ModelEntry, given: dict[str, Any], weights: WeightsSpec
     args = {**family.defaults, **entry.fixed, **{k: v for k, v in given.items() if v is not None}}
     source = weights.segmentation if weights is not None else None
     if source is not None:
-        for key, required in (("backbone", source.backbone), ("head", source.head), ("head_channels", source.head_channels)):
+        for key, required in (
+            ("backbone", source.backbone),
+            ("head", source.head),
+            ("head_channels", source.head_channels),
+        ):
             if given.get(key) is not None and given[key] != required:
                 raise ValueError(f"weights={weights.text!r} needs {key}={required!r}, got {given[key]!r}")
             args[key] = required
@@ -67,9 +71,15 @@ def resolve_model_args(name: str = "c3po", **given: Any) -> dict[str, Any]:
 
     Builds nothing; for logging and display.
     """
-    options = {k: given.pop(k) for k in ("weights", "weights_file", "pretrained_backbone", "storage_options") if k in given}
-    weights = resolve_weights(name, options.get("weights"), file=options.get("weights_file"),
-                              pretrained_backbone=bool(options.get("pretrained_backbone")))
+    options = {
+        k: given.pop(k) for k in ("weights", "weights_file", "pretrained_backbone", "storage_options") if k in given
+    }
+    weights = resolve_weights(
+        name,
+        options.get("weights"),
+        file=options.get("weights_file"),
+        pretrained_backbone=bool(options.get("pretrained_backbone")),
+    )
     args = {"name": name, **_architecture(model_entry(name), given, weights)}
     if weights is not None:
         args["weights"] = weights.text
@@ -116,9 +126,17 @@ def create_model(
     entry = model_entry(name)
     spec = resolve_weights(name, weights, file=weights_file, pretrained_backbone=pretrained_backbone)
     given = {
-        "backbone": backbone, "mtf": mtf, "msf_scales": msf_scales, "head": head, "num_classes": num_classes,
-        "msf_width": msf_width, "head_channels": head_channels, "in_channels": in_channels,
-        "rgb_channels": rgb_channels, "channel_mean": channel_mean, "channel_std": channel_std,
+        "backbone": backbone,
+        "mtf": mtf,
+        "msf_scales": msf_scales,
+        "head": head,
+        "num_classes": num_classes,
+        "msf_width": msf_width,
+        "head_channels": head_channels,
+        "in_channels": in_channels,
+        "rgb_channels": rgb_channels,
+        "channel_mean": channel_mean,
+        "channel_std": channel_std,
     }
     model = builder_for(entry.family)(name=name, **_architecture(entry, given, spec))
     apply_weights(model, weights=spec, storage_options=storage_options)

@@ -64,7 +64,9 @@ def resolve_model_dir(
     return find_checkpoint_dir(local), {"name": str(local), "version": None, "uri": uri}
 
 
-def _from_registry(uri: str, match: re.Match, *, tracking_uri: str | None, download_dir: Path) -> tuple[Path, dict[str, Any]]:
+def _from_registry(
+    uri: str, match: re.Match, *, tracking_uri: str | None, download_dir: Path
+) -> tuple[Path, dict[str, Any]]:
     # Lazy: mlflow takes seconds to import, and only registry URIs need it.
     import mlflow
     from mlflow import MlflowClient
@@ -81,6 +83,8 @@ def _from_registry(uri: str, match: re.Match, *, tracking_uri: str | None, downl
         raise LookupError(f"model {uri} not found in the registry at {tracking_uri}: {err.message}") from None
     # Resolve through this client, not MLflow's process-wide registry setting.
     source = client.get_model_version_download_uri(name, str(version.version))
-    local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(download_dir), tracking_uri=tracking_uri)
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=source, dst_path=str(download_dir), tracking_uri=tracking_uri
+    )
     info = {"name": name, "version": int(version.version), "run_id": version.run_id, "uri": uri}
     return find_checkpoint_dir(local), info

@@ -47,8 +47,7 @@ class MSF(nn.Module):
             nn.Sequential(nn.Conv2d(c, width, 1), nn.ReLU(inplace=True)) for c in self.used_channels
         )
         self.layer = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True))
-            for _ in self.used_channels
+            nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True)) for _ in self.used_channels
         )
         self.reduce = nn.Sequential(
             nn.Conv2d(width * num_scales, out_channels, 3, padding=1, bias=False),

@@ -78,10 +78,7 @@ def _parse_mode(mode: str) -> _ModeSpec | None:
 
 
 def _all_modes() -> tuple[str, ...]:
-    candidates = (
-        "".join(parts)
-        for parts in itertools.product(("", "i", "i2"), ("", "a"), ("", "d", "d2"), ("", "e"))
-    )
+    candidates = ("".join(parts) for parts in itertools.product(("", "i", "i2"), ("", "a"), ("", "d", "d2"), ("", "e")))
     valid = [m for m in candidates if _parse_mode(m) is not None]
     # Fewest branches first, shared-conv variants before separate ones.
     return tuple(sorted(valid, key=lambda m: (len(_parse_mode(m).branches), m.count("2"), m)))  # type: ignore[union-attr]

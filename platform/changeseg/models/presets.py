@@ -24,11 +24,35 @@ C3PO_DEFAULTS: dict[str, Any] = {
 # The configurations released with the paper (all MSF over 4 scales, DeepLabv3 head).
 PRESETS: dict[str, dict[str, Any]] = {
     "c3po_vl_cmu_cd": {"backbone": "resnet18", "mtf": "id", "msf_scales": 4, "head": "deeplabv3", "num_classes": 2},
-    "c3po_pcd_resnet18": {"backbone": "resnet18", "mtf": "iade", "msf_scales": 4, "head": "deeplabv3", "num_classes": 2},
-    "c3po_pcd_vgg16_bn": {"backbone": "vgg16_bn", "mtf": "iade", "msf_scales": 4, "head": "deeplabv3", "num_classes": 2},
-    "c3po_changesim_binary": {"backbone": "resnet18", "mtf": "iade", "msf_scales": 4, "head": "deeplabv3", "num_classes": 2},
+    "c3po_pcd_resnet18": {
+        "backbone": "resnet18",
+        "mtf": "iade",
+        "msf_scales": 4,
+        "head": "deeplabv3",
+        "num_classes": 2,
+    },
+    "c3po_pcd_vgg16_bn": {
+        "backbone": "vgg16_bn",
+        "mtf": "iade",
+        "msf_scales": 4,
+        "head": "deeplabv3",
+        "num_classes": 2,
+    },
+    "c3po_changesim_binary": {
+        "backbone": "resnet18",
+        "mtf": "iade",
+        "msf_scales": 4,
+        "head": "deeplabv3",
+        "num_classes": 2,
+    },
     # static (no change), new, missing, rotated, replaced
-    "c3po_changesim_multi": {"backbone": "resnet18", "mtf": "iade", "msf_scales": 4, "head": "deeplabv3", "num_classes": 5},
+    "c3po_changesim_multi": {
+        "backbone": "resnet18",
+        "mtf": "iade",
+        "msf_scales": 4,
+        "head": "deeplabv3",
+        "num_classes": 5,
+    },
 }
 
 
@@ -36,4 +60,3 @@ PRESETS: dict[str, dict[str, Any]] = {
 # the torchvision download, a copy in $TORCH_HOME/hub/checkpoints or ``weights_file``;
 # ``weights="none"`` builds a preset from random weights instead.
 PRESET_WEIGHTS = "imagenet"
-

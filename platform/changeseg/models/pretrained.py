@@ -42,7 +42,14 @@ from .weights_spec import SEGMENTATION_SOURCES, WeightsSpec
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SEGMENTATION_SOURCES", "LoadReport", "apply_weights", "load_imagenet_weights", "read_state_dict", "read_verified_state_dict"]
+__all__ = [
+    "SEGMENTATION_SOURCES",
+    "LoadReport",
+    "apply_weights",
+    "load_imagenet_weights",
+    "read_state_dict",
+    "read_verified_state_dict",
+]
 
 
 @dataclass
@@ -115,8 +122,10 @@ def read_verified_state_dict(path: str | Path) -> dict[str, Tensor]:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     if not digest.hexdigest().startswith(prefix):
-        raise ValueError(f"{path} does not match its hash prefix {prefix} (SHA-256 {digest.hexdigest()[:16]}...): "
-                         "a truncated or altered file; delete it")
+        raise ValueError(
+            f"{path} does not match its hash prefix {prefix} (SHA-256 {digest.hexdigest()[:16]}...): "
+            "a truncated or altered file; delete it"
+        )
     return read_state_dict(path)
 
 
@@ -162,7 +171,9 @@ def _efficientnet_lite0_package_state(model_keys: list[str], shapes: dict[str, t
     renamed = {}
     for (src_key, value), key in zip(state.items(), model_keys):
         if tuple(value.shape) != shapes[key]:
-            raise RuntimeError(f"efficientnet-lite0 package tensor {src_key} {tuple(value.shape)} does not fit {key} {shapes[key]}")
+            raise RuntimeError(
+                f"efficientnet-lite0 package tensor {src_key} {tuple(value.shape)} does not fit {key} {shapes[key]}"
+            )
         renamed[key] = value
     return renamed
 
@@ -238,7 +249,9 @@ def _warm_start(model: nn.Module, uri: str, storage_options: Any | None) -> Load
     return _load_into(model, state, source=uri, unused=[])
 
 
-def apply_weights(model: nn.Module, *, weights: WeightsSpec | None, storage_options: Any | None = None) -> LoadReport | None:
+def apply_weights(
+    model: nn.Module, *, weights: WeightsSpec | None, storage_options: Any | None = None
+) -> LoadReport | None:
     """Initialise ``model`` in place as ``weights`` says (see the module docstring); None or
     kind ``none`` leaves it as built."""
     if weights is None or weights.kind == "none":
@@ -252,6 +265,11 @@ def apply_weights(model: nn.Module, *, weights: WeightsSpec | None, storage_opti
         report = _transplant_segmentation(model, str(weights.source), weights.file)
     else:
         report = _warm_start(model, str(weights.source), storage_options)
-    log.info("initialised from %s: %d tensors loaded, %d skipped, %d left fresh",
-             report.source, len(report.loaded), len(report.skipped), len(report.missing))
+    log.info(
+        "initialised from %s: %d tensors loaded, %d skipped, %d left fresh",
+        report.source,
+        len(report.loaded),
+        len(report.skipped),
+        len(report.missing),
+    )
     return report

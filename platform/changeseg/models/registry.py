@@ -78,20 +78,36 @@ class ModelEntry:
 FAMILIES: dict[str, Family] = {
     C3PO: Family(
         C3PO,
-        arguments=("backbone", "mtf", "msf_scales", "head", "num_classes", "msf_width", "head_channels",
-                   "in_channels", "rgb_channels", "channel_mean", "channel_std"),
+        arguments=(
+            "backbone",
+            "mtf",
+            "msf_scales",
+            "head",
+            "num_classes",
+            "msf_width",
+            "head_channels",
+            "in_channels",
+            "rgb_channels",
+            "channel_mean",
+            "channel_std",
+        ),
         defaults=MappingProxyType(dict(C3PO_DEFAULTS)),
         pretrained_backbone=True,
     ),
-    BASELINE: Family(BASELINE, arguments=("num_classes", "in_channels"),
-                     defaults=MappingProxyType({"num_classes": 2}), pretrained_backbone=False),
+    BASELINE: Family(
+        BASELINE,
+        arguments=("num_classes", "in_channels"),
+        defaults=MappingProxyType({"num_classes": 2}),
+        pretrained_backbone=False,
+    ),
 }
 _MODELS: dict[str, ModelEntry] = {}
 _BUILDERS: dict[str, Callable[..., Any]] = {}
 
 
-def register_model(name: str, *, family: str, fixed: Mapping[str, Any] | None = None,
-                   default_weights: str | None = None) -> ModelEntry:
+def register_model(
+    name: str, *, family: str, fixed: Mapping[str, Any] | None = None, default_weights: str | None = None
+) -> ModelEntry:
     """Add ``name`` to the table; a name is registered once."""
     if name in _MODELS:
         raise ValueError(f"model {name!r} is already registered")
@@ -143,8 +159,9 @@ def architecture_keys(name: str) -> frozenset[str]:
     return frozenset(("name", *model_entry(name).family.arguments))
 
 
-def resolve_weights(name: str, weights: object = None, *, file: str | None = None,
-                    pretrained_backbone: bool = False) -> WeightsSpec | None:
+def resolve_weights(
+    name: str, weights: object = None, *, file: str | None = None, pretrained_backbone: bool = False
+) -> WeightsSpec | None:
     """The weights model ``name`` starts from: ``weights`` as given (string or spec), else
     ImageNet when ``pretrained_backbone``, else the name's default; ``file`` attached.
 

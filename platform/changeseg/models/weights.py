@@ -20,8 +20,17 @@ from changeseg.models.factory import create_model
 from changeseg.models.location import META_FILE, WEIGHTS_FILE, find_checkpoint_dir
 from changeseg.models.registry import architecture_keys
 
-__all__ = ["META_FILE", "WEIGHTS_FILE", "find_checkpoint_dir", "load_checkpoint", "model_from_checkpoint",
-           "read_metadata", "save_checkpoint", "unwrap"]
+__all__ = [
+    "META_FILE",
+    "WEIGHTS_FILE",
+    "find_checkpoint_dir",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "read_metadata",
+    "save_checkpoint",
+    "unwrap",
+]
+
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model inside DDP / DataParallel wrappers."""
@@ -56,7 +65,9 @@ def architecture(config: Any) -> dict[str, Any]:
     return dict(config)
 
 
-def model_from_checkpoint(meta: dict[str, Any], weights: bytes | str | Path, *, map_location: str | torch.device = "cpu") -> nn.Module:
+def model_from_checkpoint(
+    meta: dict[str, Any], weights: bytes | str | Path, *, map_location: str | torch.device = "cpu"
+) -> nn.Module:
     """The model a checkpoint describes: ``meta`` from ``model.json``, weights as safetensors bytes or a file."""
     if not isinstance(meta, dict):
         raise ValueError(f"checkpoint {META_FILE} must hold a JSON object")
@@ -69,7 +80,9 @@ def model_from_checkpoint(meta: dict[str, Any], weights: bytes | str | Path, *, 
     return model
 
 
-def load_checkpoint(directory: str | Path, *, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(
+    directory: str | Path, *, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model from ``model.json`` (architecture keys only) and load its weights;
     returns (model, metadata)."""
     directory = Path(directory)

@@ -142,7 +142,6 @@ class _Fields:
     threshold: float | None = None
 
 
-
 @serve.deployment(name=API_DEPLOYMENT)
 @serve.ingress(api)
 class ChangeAPI:
@@ -157,8 +156,10 @@ class ChangeAPI:
         self.settings = self.cfg.serve
         self.model = model
         self.catalog = ModelCatalog(
-            tracking_uri=self.cfg.resolved_tracking_uri(), name=self.cfg.tracking.registered_model,
-            ttl_s=self.settings.alias_ttl_s, timeout_s=self.settings.registry_timeout_s,
+            tracking_uri=self.cfg.resolved_tracking_uri(),
+            name=self.cfg.tracking.registered_model,
+            ttl_s=self.settings.alias_ttl_s,
+            timeout_s=self.settings.registry_timeout_s,
         )
         self.default_version = self.settings.default_version or self.cfg.tracking.alias
         # GeoTIFF inputs: the bands and scaling the served models were trained with.
@@ -178,7 +179,11 @@ class ChangeAPI:
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
-    @api.get("/readyz", summary="readiness: the default version resolves and its model is loaded", responses={503: {"model": ErrorResponse}})
+    @api.get(
+        "/readyz",
+        summary="readiness: the default version resolves and its model is loaded",
+        responses={503: {"model": ErrorResponse}},
+    )
     async def readyz(self):
         try:
             version = await self.catalog.resolve_async(self.default_version)
@@ -215,7 +220,9 @@ class ChangeAPI:
         try:
             return await asyncio.wait_for(self._detect(request), self.settings.request_timeout_s)
         except TimeoutError:
-            raise RequestError(504, "timeout", f"the request was not served within {self.settings.request_timeout_s} s") from None
+            raise RequestError(
+                504, "timeout", f"the request was not served within {self.settings.request_timeout_s} s"
+            ) from None
 
     async def _detect(self, request: Request):
         started = time.perf_counter()
@@ -273,16 +280,22 @@ class ChangeAPI:
             return await self._parse_multipart(request, body)
         if ctype == "application/json":
             return await asyncio.to_thread(self._parse_json, body)
-        raise RequestError(415, "unsupported_media_type", "send multipart/form-data (fields t0, t1) or application/json")
+        raise RequestError(
+            415, "unsupported_media_type", "send multipart/form-data (fields t0, t1) or application/json"
+        )
 
     async def _parse_multipart(self, request: Request, body: bytes) -> _Fields:
         async def replay():
             return {"type": "http.request", "body": body, "more_body": False}
 
         try:
-            form = await Request(request.scope, replay).form(max_files=2, max_fields=8, max_part_size=self.settings.max_body_bytes)
+            form = await Request(request.scope, replay).form(
+                max_files=2, max_fields=8, max_part_size=self.settings.max_body_bytes
+            )
         except Exception as err:  # the multipart parser's own errors: malformed bodies
-            raise RequestError(422, "bad_multipart", f"the multipart body could not be parsed: {getattr(err, 'detail', err)}") from None
+            raise RequestError(
+                422, "bad_multipart", f"the multipart body could not be parsed: {getattr(err, 'detail', err)}"
+            ) from None
         images = {}
         for name in ("t0", "t1"):
             item = form.get(name)
@@ -322,17 +335,29 @@ class ChangeAPI:
                 images[name] = decode_base64(ref.data, field=name)
             else:
                 images[name] = read_uri(ref.uri, field=name, settings=self.settings, storage_options=self.cfg.storage)
-        return _Fields(images["t0"], images["t1"], parsed.version, parsed.probabilities, parsed.overlay, parsed.threshold)
+        return _Fields(
+            images["t0"], images["t1"], parsed.version, parsed.probabilities, parsed.overlay, parsed.threshold
+        )
 
     def _decode(self, fields: _Fields) -> tuple[np.ndarray, np.ndarray]:
-        return decode_request_pair(fields.t0, fields.t1, max_pixels=self.settings.max_pixels, min_side=self.settings.min_side,
-                                   raster=self.raster, size_policy=self.settings.size_mismatch)
+        return decode_request_pair(
+            fields.t0,
+            fields.t1,
+            max_pixels=self.settings.max_pixels,
+            min_side=self.settings.min_side,
+            raster=self.raster,
+            size_policy=self.settings.size_mismatch,
+        )
 
     def _rgb(self, image: np.ndarray) -> np.ndarray:
         """The three bands an overlay shows: red, green, blue by ``data.band_roles``, else the first three."""
         if image.shape[-1] == 3:
             return image
-        picked = self.rgb_positions if self.rgb_positions is not None and image.shape[-1] > max(self.rgb_positions) else [0, 1, 2]
+        picked = (
+            self.rgb_positions
+            if self.rgb_positions is not None and image.shape[-1] > max(self.rgb_positions)
+            else [0, 1, 2]
+        )
         return np.ascontiguousarray(image[..., [min(i, image.shape[-1] - 1) for i in picked]])
 
     def _postprocess(self, t0: np.ndarray, t1: np.ndarray, result: dict, fields: _Fields) -> dict:

@@ -49,7 +49,9 @@ def canonical_reference(reference: object) -> str:
         return str(int(text))
     if _ALIAS.fullmatch(text):
         return text
-    raise RequestError(422, "bad_version", f"version must be a number or an alias name, got {text[:MAX_REFERENCE_LENGTH]!r}")
+    raise RequestError(
+        422, "bad_version", f"version must be a number or an alias name, got {text[:MAX_REFERENCE_LENGTH]!r}"
+    )
 
 
 class ModelCatalog:
@@ -199,9 +201,15 @@ class ModelCatalog:
         for alias, version in aliases.items():
             by_version.setdefault(int(version), []).append(alias)
         versions = [
-            {"version": int(item.version), "aliases": sorted(by_version.get(int(item.version), [])), "run_id": item.run_id,
-             "created_ms": item.creation_timestamp, "tags": dict(item.tags)}
-            for item in items if item.status == "READY"
+            {
+                "version": int(item.version),
+                "aliases": sorted(by_version.get(int(item.version), [])),
+                "run_id": item.run_id,
+                "created_ms": item.creation_timestamp,
+                "tags": dict(item.tags),
+            }
+            for item in items
+            if item.status == "READY"
         ]
         versions.sort(key=lambda v: v["version"])
         return {"name": self.name, "aliases": {k: int(v) for k, v in sorted(aliases.items())}, "versions": versions}

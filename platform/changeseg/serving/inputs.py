@@ -45,12 +45,15 @@ class BandMismatch(ValueError):
 def check_bands(image: np.ndarray, *, channels: int, field: str = "t0") -> None:
     """Refuse an image the model cannot take: its bands must be the model's ``in_channels``."""
     if image.shape[-1] != channels:
-        raise BandMismatch(f"{field} has {image.shape[-1]} band(s) but the model takes {channels} "
-                           "(the service's data.bands picks the bands of GeoTIFF inputs)")
+        raise BandMismatch(
+            f"{field} has {image.shape[-1]} band(s) but the model takes {channels} "
+            "(the service's data.bands picks the bands of GeoTIFF inputs)"
+        )
 
 
-def decode_request_image(data: bytes, *, field: str, max_pixels: int, min_side: int = 1,
-                         raster: dict | None = None) -> np.ndarray:
+def decode_request_image(
+    data: bytes, *, field: str, max_pixels: int, min_side: int = 1, raster: dict | None = None
+) -> np.ndarray:
     """Encoded bytes -> uint8 (H, W, C), with the size checked before pixels are decoded.
 
     TIFF and JPEG 2000 are read like scene files (:func:`_decode_raster`; C = the bands
@@ -67,26 +70,36 @@ def decode_request_image(data: bytes, *, field: str, max_pixels: int, min_side: 
     try:
         width, height = image_size(data)
         if min(width, height) < min_side:
-            raise RequestError(422, "image_too_small", f"{field}: {width}x{height} is smaller than {min_side} pixels a side")
+            raise RequestError(
+                422, "image_too_small", f"{field}: {width}x{height} is smaller than {min_side} pixels a side"
+            )
         if width * height > max_pixels:
-            raise RequestError(413, "image_too_large", f"{field}: {width}x{height} pixels is more than the limit of {max_pixels}")
+            raise RequestError(
+                413, "image_too_large", f"{field}: {width}x{height} pixels is more than the limit of {max_pixels}"
+            )
         return decode_image(data, max_pixels=max_pixels)
     except RequestError:
         raise
     except ImageTooLarge:
-        raise RequestError(413, "image_too_large", f"{field}: the image is larger than the pixel limit of {max_pixels}") from None
+        raise RequestError(
+            413, "image_too_large", f"{field}: the image is larger than the pixel limit of {max_pixels}"
+        ) from None
     except UnsupportedImage as err:
         raise RequestError(422, "unsupported_image", f"{field}: {err}") from None
     except UnidentifiedImageError:
-        raise RequestError(422, "not_an_image", f"{field}: the bytes are not an image format this service reads "
-                           "(PNG, JPEG, TIFF, BMP, WebP, GIF)") from None
+        raise RequestError(
+            422,
+            "not_an_image",
+            f"{field}: the bytes are not an image format this service reads (PNG, JPEG, TIFF, BMP, WebP, GIF)",
+        ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         # Truncated or corrupt data surfaces as one of these from the decoders.
         raise RequestError(422, "corrupt_image", f"{field}: the image could not be decoded ({err})") from None
 
 
-def _decode_raster(data: bytes, *, field: str, max_pixels: int, min_side: int,
-                   raster: dict | None) -> tuple[np.ndarray, np.ndarray]:
+def _decode_raster(
+    data: bytes, *, field: str, max_pixels: int, min_side: int, raster: dict | None
+) -> tuple[np.ndarray, np.ndarray]:
     """A TIFF or JPEG 2000 (and its validity) read by the scene rules
     (:func:`changeseg.data.raster.read_image_bytes`)."""
     try:
@@ -98,12 +111,15 @@ def _decode_raster(data: bytes, *, field: str, max_pixels: int, min_side: int,
         raise RequestError(422, code, str(err)) from None
     height, width = image.shape[:2]
     if min(width, height) < min_side:
-        raise RequestError(422, "image_too_small", f"{field}: {width}x{height} is smaller than {min_side} pixels a side")
+        raise RequestError(
+            422, "image_too_small", f"{field}: {width}x{height} is smaller than {min_side} pixels a side"
+        )
     return image, valid
 
 
-def decode_request_pair(t0: bytes, t1: bytes, *, max_pixels: int, min_side: int = 1, raster: dict | None = None,
-                        size_policy: str = "reject") -> tuple[np.ndarray, np.ndarray]:
+def decode_request_pair(
+    t0: bytes, t1: bytes, *, max_pixels: int, min_side: int = 1, raster: dict | None = None, size_policy: str = "reject"
+) -> tuple[np.ndarray, np.ndarray]:
     """Both images of a request as the model will see them (t1 at t0's size). Two rasters
     are read as a scene pair is: a pixel that is nodata in either is 0 in both."""
     limits = {"max_pixels": max_pixels, "min_side": min_side, "raster": raster}
@@ -164,7 +180,11 @@ def read_uri(uri: str, *, field: str, settings: ServeSection, storage_options: S
         if info.type != pafs.FileType.File:
             raise RequestError(404, "uri_not_found", f"{field}.uri does not name a file: {uri}")
         if info.size is not None and info.size > settings.max_body_bytes:
-            raise RequestError(413, "image_too_large", f"{field}.uri: {info.size} bytes is more than the limit of {settings.max_body_bytes}")
+            raise RequestError(
+                413,
+                "image_too_large",
+                f"{field}.uri: {info.size} bytes is more than the limit of {settings.max_body_bytes}",
+            )
         return storage.read_bytes(target, storage_options)
     except RequestError:
         raise
@@ -180,7 +200,9 @@ def match_sizes(t0: np.ndarray, t1: np.ndarray, *, policy: str) -> np.ndarray:
         return t1
     if policy == "reject":
         raise RequestError(
-            422, "size_mismatch", f"t0 is {t0.shape[1]}x{t0.shape[0]} but t1 is {t1.shape[1]}x{t1.shape[0]} (width x height)"
+            422,
+            "size_mismatch",
+            f"t0 is {t0.shape[1]}x{t0.shape[0]} but t1 is {t1.shape[1]}x{t1.shape[0]} (width x height)",
         )
     return resize_image(t1, (t0.shape[1], t0.shape[0]))
 

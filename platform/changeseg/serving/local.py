@@ -90,7 +90,9 @@ def wait_running(names: set[str], *, timeout_s: float = 120.0) -> None:
         if failed:
             raise RuntimeError(f"Serve application failed to deploy: {failed}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"Serve application not running after {timeout_s} s: { {n: a.status for n, a in states.items()} }")
+            raise TimeoutError(
+                f"Serve application not running after {timeout_s} s: { {n: a.status for n, a in states.items()} }"
+            )
         time.sleep(0.25)
 
 
@@ -102,8 +104,14 @@ def _interrupt(*_: Any) -> None:
     raise KeyboardInterrupt
 
 
-def run_server(cfg, *, config_path: str | Path = DEFAULT_CONFIG, port: int | None = None,
-               stop: Callable[[], bool] | None = None, announce: Callable[[str], None] = print) -> None:
+def run_server(
+    cfg,
+    *,
+    config_path: str | Path = DEFAULT_CONFIG,
+    port: int | None = None,
+    stop: Callable[[], bool] | None = None,
+    announce: Callable[[str], None] = print,
+) -> None:
     """Serve serve/config.yaml until interrupted (Ctrl-C or SIGTERM), on a private Ray
     instance with token authentication and no dashboard unless ``ray.dashboard`` (or on
     the cluster of ``ray.address``). ``stop`` is polled once a second, for tests."""
@@ -121,7 +129,9 @@ def run_server(cfg, *, config_path: str | Path = DEFAULT_CONFIG, port: int | Non
         announce("stopped")
 
 
-def serve_one_request(cfg, *, t0, t1, tracking_uri: str | None = None, config_path: str | Path = DEFAULT_CONFIG, timeout_s: float = 180.0) -> dict[str, Any]:
+def serve_one_request(
+    cfg, *, t0, t1, tracking_uri: str | None = None, config_path: str | Path = DEFAULT_CONFIG, timeout_s: float = 180.0
+) -> dict[str, Any]:
     """Serve ``cfg``'s registered model (its alias) from serve/config.yaml on a free
     loopback port, send it one pair over HTTP, shut Serve down; returns the answer
     without the PNGs, plus the round-trip time."""
@@ -136,10 +146,16 @@ def serve_one_request(cfg, *, t0, t1, tracking_uri: str | None = None, config_pa
     init_ray(cfg)
     try:
         # One request for the demo: Serve's controller and access lines would bury the answer.
-        url = deploy(load_deploy_config(config_path, port=port, args={"tracking": tracking}), timeout_s=timeout_s,
-                     log_level="WARNING")
+        url = deploy(
+            load_deploy_config(config_path, port=port, args={"tracking": tracking}),
+            timeout_s=timeout_s,
+            log_level="WARNING",
+        )
         requests.get(f"{url}/readyz", timeout=timeout_s).raise_for_status()  # loads the model
-        body = {"t0": {"data": base64.b64encode(encode_png(t0)).decode()}, "t1": {"data": base64.b64encode(encode_png(t1)).decode()}}
+        body = {
+            "t0": {"data": base64.b64encode(encode_png(t0)).decode()},
+            "t1": {"data": base64.b64encode(encode_png(t1)).decode()},
+        }
         start = time.perf_counter()
         response = requests.post(f"{url}/v1/detect", json=body, timeout=timeout_s)
         elapsed_ms = 1000 * (time.perf_counter() - start)
@@ -150,7 +166,8 @@ def serve_one_request(cfg, *, t0, t1, tracking_uri: str | None = None, config_pa
     return {
         "url": f"{url}/v1/detect",
         "model": answer["model"],
-        "summary": {k: v for k, v in answer["summary"].items() if k != "regions"} | {"regions": answer["summary"]["regions"][:5]},
+        "summary": {k: v for k, v in answer["summary"].items() if k != "regions"}
+        | {"regions": answer["summary"]["regions"][:5]},
         "timings_ms": answer["timings_ms"],
         "round_trip_ms": round(elapsed_ms, 1),
     }

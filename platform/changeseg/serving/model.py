@@ -50,8 +50,12 @@ def _run_batch(items: list[_Item]) -> list[dict | Exception]:
         predictor = items[indices[0]].predictor
         change = any(items[i].probabilities for i in indices)
         try:
-            results = predictor.predict_pairs([items[i].t0 for i in indices], [items[i].t1 for i in indices], change=change,
-                                              threshold=items[indices[0]].threshold)
+            results = predictor.predict_pairs(
+                [items[i].t0 for i in indices],
+                [items[i].t1 for i in indices],
+                change=change,
+                threshold=items[indices[0]].threshold,
+            )
         except Exception as err:  # noqa: BLE001 - handed to each request of this model
             results = [err] * len(indices)
         for i, res in zip(indices, results):
@@ -79,9 +83,15 @@ class ChangeModel:
         self.name = cfg.tracking.registered_model
         wanted = settings.device
         self.device = "cuda" if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()) else "cpu"
-        options = dict(device=self.device, precision=settings.precision, channels_last=settings.channels_last,
-                       tile_size=settings.tile_size, tile_overlap=settings.tile_overlap,
-                       batch_size=settings.max_batch_size, max_batch_pixels=settings.max_batch_pixels)
+        options = dict(
+            device=self.device,
+            precision=settings.precision,
+            channels_last=settings.channels_last,
+            tile_size=settings.tile_size,
+            tile_overlap=settings.tile_overlap,
+            batch_size=settings.max_batch_size,
+            max_batch_pixels=settings.max_batch_pixels,
+        )
 
         async def load(model_id: str):
             # Lazy: the model stack (torchvision, timm) loads in model replicas only.
@@ -113,4 +123,3 @@ class ChangeModel:
     async def _infer(self, items: list[_Item]) -> list[dict]:
         # Off the event loop, so the replica keeps taking requests into the next batch.
         return await asyncio.to_thread(_run_batch, items)
-

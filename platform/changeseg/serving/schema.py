@@ -10,17 +10,32 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from changeseg.serving.inputs import RequestError
 
-__all__ = ["ERRORS", "MULTIPART_SCHEMA", "DetectJSON", "DetectResponse", "ErrorBody", "ErrorResponse", "ImageRef",
-           "ModelRef", "Region", "Summary", "error_response", "short_reason"]
+__all__ = [
+    "ERRORS",
+    "MULTIPART_SCHEMA",
+    "DetectJSON",
+    "DetectResponse",
+    "ErrorBody",
+    "ErrorResponse",
+    "ImageRef",
+    "ModelRef",
+    "Region",
+    "Summary",
+    "error_response",
+    "short_reason",
+]
 
 
 class ImageRef(BaseModel):
     """One image: base64-encoded file bytes, or a storage URI the service may read."""
 
     model_config = ConfigDict(extra="forbid")
-    data: str | None = Field(None, description="base64 of an encoded image file (PNG, JPEG, WebP, ...), or of a "
-                             "(Geo)TIFF / JPEG 2000 of any band count and 8/16-bit or float samples, read with the "
-                             "service's data.bands and data.scaling; its bands must match the model's input channels")
+    data: str | None = Field(
+        None,
+        description="base64 of an encoded image file (PNG, JPEG, WebP, ...), or of a "
+        "(Geo)TIFF / JPEG 2000 of any band count and 8/16-bit or float samples, read with the "
+        "service's data.bands and data.scaling; its bands must match the model's input channels",
+    )
     uri: str | None = Field(None, description="local path or s3:// URI under an allowed prefix")
 
     @model_validator(mode="after")
@@ -40,7 +55,10 @@ class DetectJSON(BaseModel):
     probabilities: bool = Field(False, description="also return the change probability as a 16-bit PNG")
     overlay: bool = Field(False, description="also return an overlay panel (t0 | t1 | change on t1) as a PNG")
     threshold: float | None = Field(
-        None, ge=0.0, le=1.0, description="P(change) cut of a binary model; default: the version's stored operating point"
+        None,
+        ge=0.0,
+        le=1.0,
+        description="P(change) cut of a binary model; default: the version's stored operating point",
     )
 
 
@@ -87,13 +105,16 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-
 ERRORS = {code: {"model": ErrorResponse} for code in (403, 404, 413, 415, 422, 503, 504)}
 MULTIPART_SCHEMA = {
     "type": "object",
     "required": ["t0", "t1"],
     "properties": {
-        "t0": {"type": "string", "format": "binary", "description": "image before (PNG, JPEG, ..., or a multi-band GeoTIFF)"},
+        "t0": {
+            "type": "string",
+            "format": "binary",
+            "description": "image before (PNG, JPEG, ..., or a multi-band GeoTIFF)",
+        },
         "t1": {"type": "string", "format": "binary", "description": "image after, the same kind and band count as t0"},
         "version": {"type": "string", "description": "registry version number or alias"},
         "probabilities": {"type": "boolean"},

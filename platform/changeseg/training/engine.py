@@ -174,7 +174,9 @@ def build_engine(
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=grad_scaler(precision, device),
-        loss_fn=ChangeLoss(weight=weight, ignore_index=cfg.data.ignore_index, dice=cfg.train.loss == "ce_dice").to(device),
+        loss_fn=ChangeLoss(weight=weight, ignore_index=cfg.data.ignore_index, dice=cfg.train.loss == "ce_dice").to(
+            device
+        ),
         device=device,
         precision=precision,
         steps_per_epoch=steps_per_epoch,
@@ -276,8 +278,15 @@ def train_one_epoch(
         if progress is not None:
             progress(steps, float(loss))
     seconds = time.perf_counter() - started
-    totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(samples), dtype=torch.float64, device=engine.device),
-                                         torch.tensor(float(skipped), dtype=torch.float64, device=engine.device)]))
+    totals = all_reduce_sum(
+        torch.stack(
+            [
+                loss_sum,
+                torch.tensor(float(samples), dtype=torch.float64, device=engine.device),
+                torch.tensor(float(skipped), dtype=torch.float64, device=engine.device),
+            ]
+        )
+    )
     loss_total, samples_total, skipped_total = totals.tolist()
     return EpochStats(
         loss=loss_total / max(samples_total, 1.0),
@@ -306,8 +315,12 @@ def validate(
     cfg = engine.cfg
     metrics = ChangeMetrics(num_classes=cfg.model.resolved_num_classes(), ignore_index=cfg.data.ignore_index)
     predictor = Predictor(
-        engine.bare_model, device=engine.device, precision=engine.precision, channels_last=cfg.train.channels_last,
-        tile_size=cfg.train.val_tile_size, tile_overlap=min(cfg.score.tile_overlap, cfg.train.val_tile_size // 4),
+        engine.bare_model,
+        device=engine.device,
+        precision=engine.precision,
+        channels_last=cfg.train.channels_last,
+        tile_size=cfg.train.val_tile_size,
+        tile_overlap=min(cfg.score.tile_overlap, cfg.train.val_tile_size // 4),
         batch_size=1,
     )
     loss_sum = torch.zeros((), dtype=torch.float64, device=engine.device)
@@ -319,7 +332,9 @@ def validate(
     all_reduce_(metrics)
     if curve is not None:
         curve.all_reduce_(engine.device)
-    totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64, device=engine.device)]))
+    totals = all_reduce_sum(
+        torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64, device=engine.device)])
+    )
     loss_total, count_total = totals.tolist()
     return metrics, loss_total, int(count_total)
 

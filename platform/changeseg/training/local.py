@@ -122,19 +122,34 @@ def fit_local(
         if progress is not None and clock.due():
             overall = done + step
             eta = clock.eta(overall, total)
-            progress(f"step {overall}/{total} (epoch {epoch + 1}), loss {loss:.4f}, {clock.elapsed:.0f} s, about {eta:.0f} s left")
+            progress(
+                f"step {overall}/{total} (epoch {epoch + 1}), loss {loss:.4f}, {clock.elapsed:.0f} s, about {eta:.0f} s left"
+            )
 
     for epoch in range(cfg.train.epochs):
         order = rng.permutation(np.repeat(np.arange(len(samples)), cfg.data.repeat))
-        stats = train_one_epoch(engine, _batches(samples, order, batch_size=batch_size, rng=rng, augment=augment), progress=report)
+        stats = train_one_epoch(
+            engine, _batches(samples, order, batch_size=batch_size, rng=rng, augment=augment), progress=report
+        )
         losses.append(stats.loss)
         done += stats.steps
         skipped += stats.skipped_steps
     seconds = time.perf_counter() - started
     if progress is not None:
-        progress(f"trained {done} steps in {seconds:.0f} s, last epoch loss {losses[-1]:.4f}"
-                 + (f", {skipped} step(s) skipped (no labelled pixels or a non-finite loss)" if skipped else ""))
-    point = _calibrate(cfg, engine=engine, records=calibration_records, progress=progress) if calibration_records else None
+        progress(
+            f"trained {done} steps in {seconds:.0f} s, last epoch loss {losses[-1]:.4f}"
+            + (f", {skipped} step(s) skipped (no labelled pixels or a non-finite loss)" if skipped else "")
+        )
+    point = (
+        _calibrate(cfg, engine=engine, records=calibration_records, progress=progress) if calibration_records else None
+    )
     model = engine.bare_model.eval()
-    return LocalFit(model=model, steps=done, seconds=seconds, class_weights=weights, losses=losses,
-                    skipped_steps=skipped, operating_point=point)
+    return LocalFit(
+        model=model,
+        steps=done,
+        seconds=seconds,
+        class_weights=weights,
+        losses=losses,
+        skipped_steps=skipped,
+        operating_point=point,
+    )

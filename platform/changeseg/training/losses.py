@@ -17,7 +17,14 @@ from torch import Tensor, nn
 
 from changeseg.config import Config
 
-__all__ = ["ChangeLoss", "capped_class_weights", "class_weights_from_counts", "soft_dice_loss", "class_weights_from_masks", "count_mask_pixels"]
+__all__ = [
+    "ChangeLoss",
+    "capped_class_weights",
+    "class_weights_from_counts",
+    "soft_dice_loss",
+    "class_weights_from_masks",
+    "count_mask_pixels",
+]
 
 
 def class_weights_from_counts(*, changed: int, unchanged: int, power: float = 1.0) -> Tensor:

@@ -34,8 +34,13 @@ def find_images(folder: str | Path) -> list[Path]:
 
 
 def pairs_from_images(
-    images: Sequence[Path], output_dir: str | Path, *, segmentations_dir: str | Path | None = None,
-    pairs_per_image: int = 4, size: int | None = 256, seed: int = 0,
+    images: Sequence[Path],
+    output_dir: str | Path,
+    *,
+    segmentations_dir: str | Path | None = None,
+    pairs_per_image: int = 4,
+    size: int | None = 256,
+    seed: int = 0,
 ) -> int:
     """Synthetic pairs from unlabelled images; masks in ``segmentations_dir`` named like the
     images (instance ids, or binary masks split into connected components) give objects."""
@@ -45,13 +50,19 @@ def pairs_from_images(
     if segmentations_dir is not None:
         folder = Path(segmentations_dir)
         segmentations = [next(iter(sorted(folder.glob(p.stem + ".*"))), None) for p in images]
-    return write_synthetic_pairs(images, output_dir, pairs_per_image=pairs_per_image, size=size, seed=seed,
-                                 segmentations=segmentations)
+    return write_synthetic_pairs(
+        images, output_dir, pairs_per_image=pairs_per_image, size=size, seed=seed, segmentations=segmentations
+    )
 
 
 def pairs_from_labelled(
-    cfg: Config, records: Sequence[PairRecord], output_dir: str | Path, *, pairs_per_image: int = 4,
-    size: int | None = 256, progress: Callable[[str], None] | None = None,
+    cfg: Config,
+    records: Sequence[PairRecord],
+    output_dir: str | Path,
+    *,
+    pairs_per_image: int = 4,
+    size: int | None = 256,
+    progress: Callable[[str], None] | None = None,
 ) -> int:
     """Synthetic pairs from the t0 and t1 images of labelled pairs: what changed in each t1
     (its change mask's components) is pasted into other scenes, soft patches of the t0s too."""
@@ -60,8 +71,10 @@ def pairs_from_labelled(
         sample = load_pair(record.to_row(), **load_options(cfg))
         image = np.asarray(sample["t0"])
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"pair {record.pair_id}: synthetic pairs are made from 8-bit RGB images, "
-                             f"this one is {image.dtype} with shape {image.shape}")
+            raise ValueError(
+                f"pair {record.pair_id}: synthetic pairs are made from 8-bit RGB images, "
+                f"this one is {image.dtype} with shape {image.shape}"
+            )
         if "mask" not in sample:
             sample["mask"] = np.zeros(np.asarray(sample["t0"]).shape[:2], np.uint8)
         samples.append(sample)
@@ -69,5 +82,6 @@ def pairs_from_labelled(
     if progress is not None:
         found = sum(int(o.max()) for o in objects if o is not None)
         progress(f"{len(images)} images from {len(records)} pairs, {found} changed objects to paste")
-    return write_pairs(images, output_dir, segmentations=objects, pairs_per_image=pairs_per_image, size=size,
-                       seed=cfg.run.seed)
+    return write_pairs(
+        images, output_dir, segmentations=objects, pairs_per_image=pairs_per_image, size=size, seed=cfg.run.seed
+    )

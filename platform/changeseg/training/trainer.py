@@ -80,7 +80,9 @@ def finetune(cfg: Config) -> FinetuneResult:
     started = time.perf_counter()
     plan, steps_per_epoch = prepare_plan(cfg)
     weights = resolve_class_weights(cfg, plan)
-    log.info("data: %d train / %d val pairs from %s; class weights %s", len(plan.train), len(plan.val), plan.source, weights)
+    log.info(
+        "data: %d train / %d val pairs from %s; class weights %s", len(plan.train), len(plan.val), plan.source, weights
+    )
     run_id = start_tracking(cfg, plan=plan, class_weights=weights)
     trainer = build_trainer(cfg, plan=plan, class_weights=weights, steps_per_epoch=steps_per_epoch, run_id=run_id)
     result = fit(trainer, cfg=cfg, run_id=run_id)
@@ -124,8 +126,9 @@ def prepare_plan(cfg: Config) -> tuple[DatasetPlan, int]:
 def start_tracking(cfg: Config, *, plan: DatasetPlan, class_weights: list[float] | None) -> str:
     """Find (resume) or create the MLflow run and log its inputs; returns the run id."""
     run = tracking.start_or_resume_run(cfg)
-    tracking.log_run_inputs(cfg, run_id=run.run_id, train_pairs=len(plan.train), val_pairs=len(plan.val),
-                            class_weights=class_weights)
+    tracking.log_run_inputs(
+        cfg, run_id=run.run_id, train_pairs=len(plan.train), val_pairs=len(plan.val), class_weights=class_weights
+    )
     tracking.client_for(cfg.resolved_tracking_uri()).log_metric(run.run_id, "data_skipped_pairs", len(plan.skipped))
     return run.run_id
 
@@ -135,9 +138,9 @@ def build_trainer(
 ) -> TorchTrainer:
     """The TorchTrainer: workers, checkpoints and failures from ``cfg``, epochs logged to ``run_id``."""
     storage_path, storage_fs = storage.ray_storage(cfg.run.storage_path, cfg.storage)
-    train_ds = pair_dataset(
-        plan.train * cfg.data.repeat, cfg, augment=True, shuffle_seed=cfg.run.seed
-    ).select_columns(TRAIN_COLUMNS)
+    train_ds = pair_dataset(plan.train * cfg.data.repeat, cfg, augment=True, shuffle_seed=cfg.run.seed).select_columns(
+        TRAIN_COLUMNS
+    )
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
