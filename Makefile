@@ -31,6 +31,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check platform tests jobs benchmarks serve infra
+	$(BIN)/ruff format --check platform tests jobs benchmarks serve infra
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_model.py
