@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from changeseg.evaluation.classical import cva_otsu
-from changeseg.inference.predictor import Predictor
+from changeseg.inference.predictor import Predictor, score_options
 from changeseg.models.contract import ChangeModel
 
 __all__ = ["Method", "model_method", "cva_method", "load_methods"]
@@ -98,13 +98,7 @@ def load_methods(cfg: Any, model_uri: str, baseline_uris: Sequence[str]) -> tupl
             tracking_uri=tracking_uri,
             storage_options=cfg.storage,
             device=_score_device(score),
-            precision=score.precision,
-            channels_last=score.channels_last,
-            tile_size=score.tile_size,
-            tile_overlap=score.tile_overlap,
-            batch_size=score.batch_size,
-            tta=score.tta,
-            threshold=score.threshold,
+            **score_options(score),
         )
 
     main = load(model_uri)

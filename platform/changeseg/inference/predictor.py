@@ -339,3 +339,17 @@ def _window(images: np.ndarray, w: Window, channels_first: bool) -> torch.Tensor
         return torch.from_numpy(np.ascontiguousarray(images[:, :, w.y : w.y + w.height, w.x : w.x + w.width]))
     part = np.require(images[:, w.y : w.y + w.height, w.x : w.x + w.width], requirements=["C", "W"])
     return to_model_input(torch.from_numpy(part))
+
+
+def score_options(score: Any) -> dict[str, Any]:
+    """Predictor keyword arguments of a config's ``score`` section: batch scoring and
+    evaluation predict the same way."""
+    return {
+        "precision": score.precision,
+        "channels_last": score.channels_last,
+        "tile_size": score.tile_size,
+        "tile_overlap": score.tile_overlap,
+        "batch_size": score.batch_size,
+        "tta": score.tta,
+        "threshold": score.threshold,
+    }

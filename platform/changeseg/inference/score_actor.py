@@ -21,7 +21,7 @@ from changeseg.config import Config
 from changeseg.data.decode import encode_png
 from changeseg.data.pairs import load_pair
 from changeseg.inference.naming import pair_file_name
-from changeseg.inference.predictor import Predictor
+from changeseg.inference.predictor import Predictor, score_options
 from changeseg.inference.regions import summarize_mask
 from changeseg.inference.scene import SceneOptions, is_scene, score_scene
 from changeseg.inference.score_results import RESULT_SCHEMA
@@ -92,13 +92,7 @@ class Scorer:
             weights["weights"],
             info=info,
             device=device,
-            precision=score.precision,
-            channels_last=score.channels_last,
-            tile_size=score.tile_size,
-            tile_overlap=score.tile_overlap,
-            batch_size=score.batch_size,
-            tta=score.tta,
-            threshold=score.threshold,
+            **score_options(score),
         )
         self.num_classes = self.predictor.num_classes
 
