@@ -253,6 +253,9 @@ class C3POModelSection(_ModelSection):
     # (ImageNet's; timm's pretrained_cfg for timm:<name>), 0.45 / 0.225 for the rest.
     channel_mean: list[float] | None = None
     channel_std: list[float] | None = None
+    # Images are resampled by this factor inside the model (logits come back at the input
+    # size): 2 for small objects, such as buildings at 0.5-2 m a pixel, at 4x the compute.
+    input_scale: float | None = Field(None, ge=0.25, le=4.0)
 
     def _pretrained_backbone(self) -> bool:
         return self.pretrained_backbone

@@ -26,7 +26,7 @@ from changeseg.config import StorageSection
 from changeseg.data.decode import to_model_input
 from changeseg.devices import autocast, prepare_for_device, resolve_device, resolve_precision
 from changeseg.inference.tiling import Window, plan_windows
-from changeseg.models.contract import supports_branches
+from changeseg.models.contract import input_scale_of, supports_branches
 from changeseg.models.location import find_checkpoint_dir, resolve_model_dir
 from changeseg.models.weights import load_checkpoint, model_from_checkpoint
 from changeseg.thresholds import DEFAULT_THRESHOLD, threshold_of
@@ -168,10 +168,13 @@ class Predictor:
         return total / len(flips)
 
     def _per_call(self, pixels_each: int) -> int:
-        """Images per forward pass: batch_size, fewer when the pixel budget says so."""
+        """Images per forward pass: batch_size, fewer when the pixel budget says so. The
+        budget counts the pixels the model processes: a model with ``input_scale`` 2 works
+        on four times the pixels it is given."""
         if self.max_batch_pixels is None:
             return self.batch_size
-        return max(1, min(self.batch_size, self.max_batch_pixels // max(pixels_each, 1)))
+        processed = pixels_each * input_scale_of(self.model) ** 2
+        return max(1, min(self.batch_size, int(self.max_batch_pixels // max(processed, 1))))
 
     def iter_windows(
         self, t0: np.ndarray, t1: np.ndarray, *, channels_first: bool = False

@@ -36,6 +36,9 @@ class C3PO(ChangeModel):
         msf_width: channels inside MSF.
         head_channels: channels from MSF into the head (default ``msf_width``); a head
             transplanted from a segmentation model needs its own input width here.
+        input_scale: both images are resampled by this factor before the backbone and the
+            logits back to the input size. 2 gives small objects (buildings of 10-20 px)
+            twice the feature cells of a stride-32 backbone, for about 4x the compute.
     """
 
     supports_branches = True
@@ -54,6 +57,7 @@ class C3PO(ChangeModel):
         rgb_channels: list[int] | None = None,
         channel_mean: list[float] | None = None,
         channel_std: list[float] | None = None,
+        input_scale: float = 1.0,
     ) -> None:
         # Any band count: the first convolution is rebuilt, normalisation is per channel.
         mean, std = channel_stats(
@@ -71,6 +75,7 @@ class C3PO(ChangeModel):
         self.head = create_head(name=head, in_channels=self.msf.out_channels, num_classes=num_classes)
         adapt_first_conv(backbone, in_channels, rgb_channels)
         self.msf_scales = msf_scales
+        self.input_scale = float(input_scale)
         # Everything create_model needs to rebuild this architecture (JSON-safe).
         self.config: dict[str, Any] = {
             "name": "c3po",
@@ -83,6 +88,8 @@ class C3PO(ChangeModel):
         }
         if head_channels is not None and head_channels != msf_width:
             self.config["head_channels"] = head_channels
+        if self.input_scale != 1.0:  # recorded only when used, so older checkpoints stay as they were
+            self.config["input_scale"] = self.input_scale
         # Recorded only when not the RGB default, so 3-channel checkpoints stay as they were.
         # Statistics other than ImageNet's (e.g. a timm backbone's own) are recorded as
         # resolved, so a checkpoint normalises the same way whatever timm says later.
@@ -114,6 +121,11 @@ class C3PO(ChangeModel):
 
     def _run(self, t0: Tensor, t1: Tensor, *, return_branches: bool) -> tuple[Tensor, list[dict[str, Tensor]]]:
         self.check_pair(t0, t1)
+        size = t0.shape[-2:]
+        if self.input_scale != 1.0:
+            t0, t1 = (
+                F.interpolate(t, scale_factor=self.input_scale, mode="bilinear", align_corners=False) for t in (t0, t1)
+            )
         # Two passes rather than one on the concatenated batch: in training the
         # backbone's BatchNorm then normalises each time step by its own
         # statistics, as a siamese encoder applied per image does.
@@ -133,7 +145,7 @@ class C3PO(ChangeModel):
         # ResNet), as in the paper's MSF ablation and the authors' code.
         merged = self.msf(fused, size=fused[0].shape[-2:])
         logits = self.head(merged)
-        logits = F.interpolate(logits, size=t0.shape[-2:], mode="bilinear", align_corners=False)
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits, branches
 
 
@@ -142,7 +154,15 @@ def _is_int(value: Any) -> bool:
 
 
 def check_c3po_args(
-    *, backbone: str, mtf: str, head: str, num_classes: Any, msf_scales: Any, msf_width: Any, head_channels: Any
+    *,
+    backbone: str,
+    mtf: str,
+    head: str,
+    num_classes: Any,
+    msf_scales: Any,
+    msf_width: Any,
+    head_channels: Any,
+    input_scale: Any = 1.0,
 ) -> None:
     """Names and numbers checked before anything is built (the MSF checks msf_scales' upper bound)."""
     if not is_backbone_name(backbone):
@@ -160,6 +180,8 @@ def check_c3po_args(
             raise ValueError(f"{key} must be a positive int, got {value!r}")
     if head_channels is not None and (not _is_int(head_channels) or head_channels < 1):
         raise ValueError(f"head_channels must be a positive int, got {head_channels!r}")
+    if isinstance(input_scale, bool) or not isinstance(input_scale, int | float) or not 0.25 <= input_scale <= 4:
+        raise ValueError(f"input_scale must be a number from 0.25 to 4, got {input_scale!r}")
 
 
 @register_builder(C3PO_FAMILY)
@@ -177,6 +199,7 @@ def build_c3po(
     rgb_channels: list[int] | None = None,
     channel_mean: list[float] | None = None,
     channel_std: list[float] | None = None,
+    input_scale: float = 1.0,
 ) -> C3PO:
     """The C-3PO family's builder: every name of the family (``c3po``, the presets) builds
     a :class:`C3PO` whose config names ``c3po`` with the full arguments."""
@@ -188,6 +211,7 @@ def build_c3po(
         msf_scales=msf_scales,
         msf_width=msf_width,
         head_channels=head_channels,
+        input_scale=input_scale,
     )
     return C3PO(
         backbone=create_backbone(name=backbone),
@@ -201,4 +225,5 @@ def build_c3po(
         rgb_channels=rgb_channels,
         channel_mean=channel_mean,
         channel_std=channel_std,
+        input_scale=input_scale,
     )

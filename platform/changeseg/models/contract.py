@@ -7,11 +7,12 @@ and serving need no preprocessing) and returns logits ``(N, num_classes, H, W)``
 ``config`` holds the JSON-safe arguments that rebuild it (``model_from_config``);
 ``backbone`` is its pretrained-capable encoder, or None; models whose
 ``supports_branches`` is true also return their MTF branch maps from
-``forward_with_branches``.
+``forward_with_branches``; ``input_scale`` is the factor by which the model resamples its
+inputs inside (C-3PO's ``input_scale``), so memory budgets can count what it processes.
 
 Code that also accepts stand-in modules (tests, benchmarks) asks through
-:func:`supports_branches`, :func:`input_channels` and :func:`backbone_of` instead of
-probing attributes.
+:func:`supports_branches`, :func:`input_channels`, :func:`backbone_of` and
+:func:`input_scale_of` instead of probing attributes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 
 from .backbones import Backbone
 
-__all__ = ["ChangeModel", "backbone_of", "check_pair", "input_channels", "supports_branches"]
+__all__ = ["ChangeModel", "backbone_of", "check_pair", "input_channels", "input_scale_of", "supports_branches"]
 
 Branches = list[dict[str, Tensor]]
 
@@ -33,6 +34,7 @@ class ChangeModel(nn.Module):
     """Base class of the change models (C-3PO and the FC baselines)."""
 
     supports_branches: ClassVar[bool] = False
+    input_scale: float = 1.0
     config: dict[str, Any]
 
     def __init__(
@@ -93,3 +95,8 @@ def input_channels(model: nn.Module) -> int:
 def backbone_of(model: nn.Module) -> Backbone | None:
     """The pretrained-capable encoder of ``model``, or None (baselines, stand-in modules)."""
     return model.backbone if isinstance(model, ChangeModel) else None
+
+
+def input_scale_of(model: nn.Module) -> float:
+    """How much ``model`` enlarges its inputs inside (each side); 1 for a stand-in module."""
+    return float(model.input_scale) if isinstance(model, ChangeModel) else 1.0

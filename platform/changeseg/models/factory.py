@@ -106,6 +106,7 @@ def create_model(
     rgb_channels: list[int] | None = None,
     channel_mean: list[float] | None = None,
     channel_std: list[float] | None = None,
+    input_scale: float | None = None,
 ) -> ChangeModel:
     """Build a change-segmentation model and optionally initialise it.
 
@@ -137,6 +138,7 @@ def create_model(
         "rgb_channels": rgb_channels,
         "channel_mean": channel_mean,
         "channel_std": channel_std,
+        "input_scale": input_scale,
     }
     model = builder_for(entry.family)(name=name, **_architecture(entry, given, spec))
     apply_weights(model, weights=spec, storage_options=storage_options)

@@ -90,6 +90,7 @@ FAMILIES: dict[str, Family] = {
             "rgb_channels",
             "channel_mean",
             "channel_std",
+            "input_scale",
         ),
         defaults=MappingProxyType(dict(C3PO_DEFAULTS)),
         pretrained_backbone=True,
