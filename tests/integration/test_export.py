@@ -24,6 +24,8 @@ RUN_SHAPES = [(3, 45, 77), (2, 96, 33)]
 MODELS = {
     "c3po_fcn": dict(backbone="resnet18", msf_width=32, msf_scales=4, head="fcn"),
     "c3po_deeplabv3": dict(backbone="resnet18", msf_width=32, msf_scales=4, head="deeplabv3"),
+    # The in-model resampling must follow the runtime size, not the traced one.
+    "c3po_input_scale": dict(backbone="resnet18", msf_width=32, msf_scales=2, input_scale=1.5),
     "fc_siam_conc": dict(name="fc_siam_conc"),
 }
 

@@ -97,3 +97,4 @@ def test_real_pairs_recipe():
     assert arch["backbone"] == "efficientnet_lite0" and arch["weights"] == "imagenet"
     assert cfg.train.freeze_backbone_bn and cfg.train.backbone_lr < cfg.train.lr
     assert cfg.data.crop_size == 256 and cfg.data.repeat > 1
+    assert arch["input_scale"] == 2  # small objects get twice the feature cells
