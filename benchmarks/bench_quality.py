@@ -12,9 +12,10 @@ model trained on, with the evaluation report (HTML + JSON per set):
 | AirChange | 256-px crops of 11 pairs | Szada/1 and Tiszadob/3 (the usual test pairs), whole |
 
 The target: global F1 of the change class at least twice CVA + Otsu's on every set,
-and at least 0.6 on LEVIR-CD. Everything runs in this process on the CPU (no Ray), in
-under 15 minutes on 2 cores (one more DSIFN fold adds about 4); ``--quick`` trains 8x
-shorter to check the script works. Run nothing else meanwhile: two PyTorch processes
+and at least 0.6 on LEVIR-CD. Everything runs in this process on the CPU (no Ray). With
+the recipe's ``input_scale`` 2 a set takes about 8 minutes on 2 cores (recipe and
+FC-Siam-diff; each further variant about 7), so ``make bench-quality`` runs the sets one
+at a time; ``--quick`` trains 8x shorter to check the script works. Run nothing else meanwhile: two PyTorch processes
 sharing two cores each run many times slower.
 
     python benchmarks/bench_quality.py [--output bench_quality] [--sets levir,dsifn,airchange]

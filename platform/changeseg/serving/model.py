@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from ray import serve
 
 from changeseg.config import build_config
+from changeseg.devices import resolve_device
 from changeseg.serving.inputs import BandMismatch, check_bands
 
 __all__ = ["MODEL_DEPLOYMENT", "ChangeModel"]
@@ -81,8 +81,8 @@ class ChangeModel:
         self.settings = settings = cfg.serve
         self.tracking_uri = cfg.resolved_tracking_uri()
         self.name = cfg.tracking.registered_model
-        wanted = settings.device
-        self.device = "cuda" if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()) else "cpu"
+        # The one device rule (auto: this replica's GPU when it has one); cuda without a GPU fails here.
+        self.device = resolve_device(settings.device)
         options = dict(
             device=self.device,
             precision=settings.precision,
