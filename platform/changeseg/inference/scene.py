@@ -32,6 +32,7 @@ from changeseg.data.raster import is_raster_row, open_raster, open_scene_pair, r
 from changeseg.inference.background import Prefetch, Sink
 from changeseg.inference.geo_outputs import MASK_NODATA, scene_bounds, tiled_profile, to_cog, write_regions
 from changeseg.inference.naming import pair_file_name
+from changeseg.inference.predictor import Predictor
 from changeseg.inference.tiling import plan_windows
 from changeseg.metrics import ChangeMetrics
 
@@ -156,7 +157,7 @@ class _Outputs:
             self.prob.close()
 
 
-def _windows_of(predictor, height: int, width: int):
+def _windows_of(predictor: Predictor, height: int, width: int):
     tile = predictor.tile_size or 512
     windows = plan_windows(height, width, tile=tile, overlap=predictor.tile_overlap)
     return windows, predictor._window_step(1, windows[0])
@@ -183,15 +184,12 @@ def _read_batches(pair, windows: list, step: int, opts: SceneOptions, num_classe
         yield _Batch(chunk, a, b, valid, truth)
 
 
-def _score_batch(predictor, batch: _Batch, cut: float | None, *, change: bool) -> _Scored:
+def _score_batch(predictor: Predictor, batch: _Batch, cut: float | None, *, change: bool) -> _Scored:
     # Torch runs in this thread only: a torch op in another thread starts a second pool of
     # intra-op threads that competes with the model's for the same cores.
     a, b = (to_model_input(torch.from_numpy(x)) for x in (batch.t0, batch.t1))
     proba = predictor.forward(a, b)
-    if hasattr(predictor, "classes"):
-        classes = predictor.classes(proba, cut)
-    else:
-        classes = proba.argmax(1).to(torch.uint8)
+    classes = predictor.classes(proba, cut)
     p = (1.0 - proba[:, 0]).clamp(0, 1).float().cpu().numpy() if change else None
     return _Scored(batch, classes.to(torch.uint8).cpu().numpy(), p)
 
@@ -208,13 +206,13 @@ def _update_metrics(metrics: ChangeMetrics, scored: _Scored, ignore_index: int) 
 
 
 def _predict_windows(
-    predictor, pair, opts: SceneOptions, outputs: _Outputs, metrics: ChangeMetrics, stats: dict
+    predictor: Predictor, pair, opts: SceneOptions, outputs: _Outputs, metrics: ChangeMetrics, stats: dict
 ) -> int:
     """Stream every window through the model, reading ahead and writing behind in
     background threads (bounded queues); returns the window count."""
     windows, step = _windows_of(predictor, pair.height, pair.width)
     # The model's stored operating point for a binary model (argmax when it has none).
-    cut = predictor.threshold_for() if hasattr(predictor, "threshold_for") else None
+    cut = predictor.threshold_for()
     stats["threshold"] = cut
     batches = _read_batches(pair, windows, step, opts, predictor.num_classes, stats)
     with (
@@ -250,7 +248,7 @@ def _publish(local: Path, uri: str, storage_options) -> None:
     shutil.move(str(local), uri)
 
 
-def score_scene(predictor, row: dict, *, output_uri: str, opts: SceneOptions, storage_options=None) -> dict:
+def score_scene(predictor: Predictor, row: dict, *, output_uri: str, opts: SceneOptions, storage_options=None) -> dict:
     """Score one georeferenced pair into ``OUTPUT/masks|probabilities/<id>.tif`` and
     ``OUTPUT/regions/<id>.geojson``; returns the result row's fields (``stats``: timings)."""
     pid = row["pair_id"]
