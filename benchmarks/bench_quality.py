@@ -94,7 +94,7 @@ def recipe(*, train_pairs: int, samples_per_epoch: int, quick: bool, overrides: 
 
 
 def pretrain(cfg, train: list, folder: Path, *, pairs_per_image: int, epochs: int, progress):
-    """A model pretrained with the same recipe on pairs synthesised from the training pairs'
+    """The fit of a model pretrained with the same recipe on pairs synthesised from the training pairs'
     t0/t1 images (t1's changed objects pasted into other scenes, soft patches of t0s)."""
     from changeseg.data.layouts import scan_dataset
     from changeseg.training.local import fit_local
@@ -112,7 +112,7 @@ def pretrain(cfg, train: list, folder: Path, *, pairs_per_image: int, epochs: in
         }
     )
     progress(f"pretraining on {count} synthetic pairs, {epochs} epochs")
-    return fit_local(pre_cfg, records, progress=progress).model
+    return fit_local(pre_cfg, records, progress=progress)
 
 
 def main() -> int:
@@ -192,8 +192,16 @@ def main() -> int:
                         epochs=max(1, args.pretrain_epochs // (8 if args.quick else 1)),
                         progress=say,
                     )
-                fit = fit_local(cfg, train, model=start, progress=say, calibration_records=[] if baseline else train)
+                    timings[f"{label}_pretrain_s"] = timings.get(f"{label}_pretrain_s", 0.0) + start.seconds
+                fit = fit_local(
+                    cfg,
+                    train,
+                    model=start.model if start is not None else None,
+                    progress=say,
+                    calibration_records=[] if baseline else train,
+                )
                 fits[label] = fit
+                # Fine-tuning only; a pretrained variant's pretraining is in *_pretrain_s.
                 timings[f"{label}_train_s"] = timings.get(f"{label}_train_s", 0.0) + fit.seconds
                 save_checkpoint(
                     out / fold / f"{label}-checkpoint",
