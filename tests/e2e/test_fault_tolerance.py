@@ -15,7 +15,9 @@ from changeseg.config import build_config
 from changeseg.training.trainer import finetune
 
 pytestmark = pytest.mark.slow
-EPOCHS = 3
+# Epochs of a few seconds each: the epochs after the first checkpoint are the window in which
+# the test must find and kill a worker, and on a loaded machine listing actors alone takes seconds.
+EPOCHS = 6
 
 
 def _checkpointed_epoch(run_dir) -> int | None:
